@@ -1,0 +1,141 @@
+"""The numeric policy of a computation: where each arithmetic result is rounded.
+
+Every algorithm in this package is written once, against :class:`Arithmetic`.
+Each operation result passes through ``rnd`` (datapath format) or ``rnd_acc``
+(accumulation format). In the native policy those are the identity and the
+carrier dtype's own IEEE arithmetic does the rounding; in the emulated policy
+the carrier is float64 and they round to the target format, which makes the
+result of every operation the correctly rounded result in that format:
+
+- products of two values of at most 26 significant bits are exact in float64,
+  so rounding them afterwards rounds once;
+- sums, quotients and square roots of values of a format with p <= 24 bits
+  are rounded twice (float64, then the format), which is harmless when
+  53 >= 2p + 2 (Figueroa 1995); and
+- the one mixed-width operation, ``datapath - accumulator``, goes through
+  :meth:`Arithmetic.sub_once`, which rounds to odd in float64 first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from .formats import FORMATS, Format, get_format, pow2, round_scalar, round_to_format
+
+_FP32, _FP64 = FORMATS["fp32"], FORMATS["fp64"]
+
+
+def _round_ste(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    # Rounding has zero derivative almost everywhere; pass gradients straight
+    # through so the emulated path can still be differentiated (as in QAT).
+    r = round_to_format(x, fmt)
+    if x.requires_grad:
+        return x + (r - x).detach()
+    return r
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """Datapath format, accumulation format, and the dtype that carries values.
+
+    Build one with :meth:`resolve`.
+    """
+
+    fmt: Format
+    acc: Format
+    carrier: torch.dtype
+    emulated: bool
+
+    @classmethod
+    def resolve(cls, dtype: torch.dtype, fmt=None, acc_fmt=None) -> Arithmetic:
+        """The policy for an input of ``dtype`` with the user's ``fmt``/``acc_fmt``.
+
+        ``fmt=None`` is the native fast path: 16-bit inputs compute in float32
+        (PyTorch's "opmath", as ``F.layer_norm`` does), others in their own dtype.
+        """
+        if fmt is None:
+            if acc_fmt is not None:
+                raise ValueError(
+                    f"acc_fmt={acc_fmt!r} needs fmt: the native path "
+                    "accumulates in its own compute dtype"
+                )
+            native = _FP64 if dtype == torch.float64 else _FP32
+            return cls(native, native, getattr(torch, native.torch_dtype_name), False)
+        fmt = get_format(fmt)
+        acc = get_format(acc_fmt) if acc_fmt is not None else (_FP32 if fmt.bits <= 16 else fmt)
+        if not acc.holds(fmt):
+            raise ValueError(
+                f"acc_fmt={acc.name!r} cannot hold every value of fmt={fmt.name!r}; "
+                "the accumulator must be at least as wide as the datapath"
+            )
+        return cls(fmt, acc, torch.float64, True)
+
+    # Rounding of results ----------------------------------------------------
+
+    def rnd(self, x: torch.Tensor) -> torch.Tensor:
+        """Round an operation result to the datapath format."""
+        return _round_ste(x, self.fmt) if self.emulated else x
+
+    def rnd_acc(self, x: torch.Tensor) -> torch.Tensor:
+        """Round an operation result to the accumulation format."""
+        return _round_ste(x, self.acc) if self.emulated else x
+
+    def const(self, value: float | Fraction) -> float:
+        """A constant as the datapath holds it (rounded once, even from a Fraction)."""
+        return round_scalar(value, self.fmt)
+
+    def const_acc(self, value: float | Fraction) -> float:
+        return round_scalar(value, self.acc)
+
+    # Operations with a defined rounding -------------------------------------
+
+    def sum_acc(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over the last dimension in the accumulation format, keepdim.
+
+        Emulated: a balanced binary adder tree, leaves padded with zeros to a
+        power of two, each level rounded; this order defines the bits.
+        (..., d) -> (..., 1)
+        """
+        if not self.emulated:
+            return x.sum(dim=-1, keepdim=True)
+        d = x.shape[-1]
+        width = 1 << max(d - 1, 0).bit_length()
+        if width != d:
+            x = torch.nn.functional.pad(x, (0, width - d))
+        while x.shape[-1] > 1:
+            x = self.rnd_acc(x[..., 0::2] + x[..., 1::2])
+        return x
+
+    def sub_once(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a - b`` rounded once to the datapath format, for operands of any width.
+
+        float64 rounding followed by a narrow rounding can round twice when an
+        operand is wider than the target. Rounding the float64 difference to
+        odd (sticky last bit, from the exact TwoSum error) first makes the
+        second rounding the correct one for any target of <= 51 bits.
+        """
+        if not self.emulated:
+            return a - b
+        s = a - b
+        # Knuth's TwoSum: s + err == a - b exactly.
+        virtual_b = s - a
+        err = (a - (s - virtual_b)) - (b + virtual_b)
+        even = (s.detach().view(torch.int64) & 1) == 0
+        toward = torch.where(err > 0, float("inf"), float("-inf")).to(s.dtype)
+        s_odd = torch.where((err != 0) & even, torch.nextafter(s.detach(), toward), s.detach())
+        if s.requires_grad:
+            s_odd = s + (s_odd - s).detach()
+        return self.rnd(s_odd)
+
+    def scale(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """``x * 2**n`` for integer tensor ``n``: exact whenever the result is normal.
+
+        Two factors, so each power of two is a normal number of the carrier
+        even when 2**n alone would not be (e.g. 2**149 for FP32 subnormals).
+        """
+        n = n.to(torch.int64)
+        half = torch.div(n, 2, rounding_mode="floor")
+        return x * pow2(half).to(self.carrier) * pow2(n - half).to(self.carrier)

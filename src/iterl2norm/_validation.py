@@ -1,0 +1,161 @@
+"""Argument checking and the tensor/array boundary of the public functions.
+
+Every public entry point funnels its settings through :class:`IterSettings`
+and its data through :func:`as_tensor`, so bad input gets the same clear
+``TypeError``/``ValueError`` everywhere, naming the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._arith import Arithmetic
+from .formats import FORMATS, Format, get_format
+from .rsqrt import INITS
+
+MODES = ("scalar", "vector")
+
+
+def check_int(value, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_float(value, name: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(
+            f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}"
+        )
+    return value
+
+
+def optional_format(spec, name: str) -> Format | None:
+    if spec is None:
+        return None
+    try:
+        return get_format(spec)
+    except ValueError:
+        raise ValueError(f"unknown {name} {spec!r}; known formats: {', '.join(FORMATS)}") from None
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a format name, Format or torch.dtype, got {spec!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class IterSettings:
+    """The IterL2Norm settings shared by functions and modules, validated once.
+
+    Args:
+        steps: number of Euler steps (>= 0).
+        update_rate: the update rate lambda, one number or one per step.
+        init: initial estimate, one of ``"exponent"``, ``"exponent+mantissa"``,
+            ``"magic"``.
+        mode: ``"scalar"`` (iterate on the scale a) or ``"vector"`` (update the
+            whole vector z every step).
+        fmt: datapath format for bit-accurate emulation, or None for native.
+        acc_fmt: accumulation format of the reductions (needs ``fmt``).
+    """
+
+    steps: int = 5
+    update_rate: float | tuple[float, ...] = 0.5
+    init: str = "exponent"
+    mode: str = "scalar"
+    fmt: Format | str | torch.dtype | None = None
+    acc_fmt: Format | str | torch.dtype | None = None
+
+    def __post_init__(self):
+        steps = check_int(self.steps, "steps")
+        rate = self.update_rate
+        if isinstance(rate, (str, bytes)) or not isinstance(rate, (numbers.Real, Sequence)):
+            raise TypeError(f"update_rate must be a number or a sequence of numbers, got {rate!r}")
+        if isinstance(rate, Sequence):
+            rate = tuple(check_float(r, "update_rate", positive=True) for r in rate)
+            if len(rate) != steps:
+                raise ValueError(
+                    f"update_rate has {len(rate)} entries but steps={steps}; "
+                    "give one rate per step or a single number"
+                )
+        else:
+            rate = check_float(rate, "update_rate", positive=True)
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        fmt = optional_format(self.fmt, "fmt")
+        acc = optional_format(self.acc_fmt, "acc_fmt")
+        Arithmetic.resolve(torch.float32, fmt, acc)  # checks the pair, so modules fail early
+        for name, value in (
+            ("steps", steps),
+            ("update_rate", rate),
+            ("fmt", fmt),
+            ("acc_fmt", acc),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """The update rate of every step."""
+        if isinstance(self.update_rate, tuple):
+            return self.update_rate
+        return (self.update_rate,) * self.steps
+
+
+Restore = Callable[[torch.Tensor, "Format | None"], "torch.Tensor | np.ndarray"]
+
+
+def as_tensor(x, name: str = "x") -> tuple[torch.Tensor, Restore]:
+    """A floating-point torch tensor for ``x``, and a function that gives a
+    result back in the caller's kind (tensor or array) and dtype.
+
+    ``restore(result, emulated_fmt)`` returns the input dtype for the native
+    path; for emulation, the input dtype when it holds every value of the
+    emulated format, else float32 or float64, whichever holds them first.
+    """
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        is_numpy = True
+    elif isinstance(x, torch.Tensor):
+        t = x
+        is_numpy = False
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    try:
+        in_fmt = get_format(t.dtype)
+    except ValueError:
+        raise TypeError(f"{name} has unsupported dtype {t.dtype}") from None
+
+    def restore(result: torch.Tensor, emulated: Format | None):
+        dtype = t.dtype
+        if emulated is not None and not in_fmt.holds(emulated):
+            dtype = torch.float32 if FORMATS["fp32"].holds(emulated) else torch.float64
+        out = result.to(dtype)
+        return out.detach().numpy() if is_numpy else out
+
+    return t, restore
+
+
+def check_dim(t: torch.Tensor, dim) -> int:
+    """``dim`` as a non-negative axis of ``t``."""
+    dim = check_int(dim, "dim", minimum=-(1 << 62))
+    if t.dim() == 0:
+        raise ValueError("cannot normalize a 0-dimensional tensor; it has no dim to normalize")
+    if not -t.dim() <= dim < t.dim():
+        raise ValueError(f"dim {dim} is out of range for a tensor with {t.dim()} dimensions")
+    return dim % t.dim()

@@ -1,0 +1,181 @@
+"""The ``iterl2norm`` command line.
+
+Usage errors and bad values end in one line on stderr and exit status 2;
+nothing a user types produces a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, not usage plus message."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="iterl2norm", description="Division- and square-root-free iterative L2 normalization."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo",
+        help="error vs float64 per format and step, and the LayerNorm/RMSNorm check",
+        description="Error of IterL2Norm (steps 1..N, exponent start, update rate 1/2) and "
+        "of FISR and exact sqrt+divide against float64, per format and d; then "
+        "IterLayerNorm/IterRMSNorm against torch.nn.LayerNorm/RMSNorm.",
+    )
+    demo.add_argument(
+        "--formats",
+        nargs="+",
+        default=None,
+        metavar="FMT",
+        help="formats to emulate (default: fp32 fp16 bf16 fp8_e4m3 fp8_e5m2)",
+    )
+    demo.add_argument(
+        "--dims",
+        nargs="+",
+        type=_positive_int,
+        default=None,
+        metavar="D",
+        help="vector lengths (default: 64 768 4096)",
+    )
+    demo.add_argument(
+        "--vectors",
+        type=_positive_int,
+        default=128,
+        help="random vectors per (format, d) (default: 128)",
+    )
+    demo.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=5,
+        help="largest IterL2Norm step count shown (default: 5)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    return parser
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown pipe table with aligned columns."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def _run_demo(args) -> int:
+    from . import demo
+    from .formats import get_format
+
+    formats = [get_format(f).name for f in (args.formats or demo.DEFAULT_FORMATS)]
+    dims = args.dims or list(demo.DEFAULT_DIMS)
+    json_file = open(args.json, "w") if args.json else None  # fail before the work, not after
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"  ... {message}", file=sys.stderr, flush=True)
+
+    rows = demo.precision_table(formats, dims, args.vectors, args.seed, args.steps, progress)
+    print(
+        f"# Max |error| of x/||x|| against float64 ({args.vectors} vectors per d, "
+        f"seed {args.seed})\n"
+    )
+    labels = [label for label, _ in demo.methods(args.steps)]
+    for fmt in formats:
+        cell = {(r["method"], r["d"]): r["max_abs"] for r in rows if r["format"] == fmt}
+        body = [[label, *(f"{cell[label, d]:.2e}" for d in dims)] for label in labels]
+        print(f"## {fmt}\n\n{_table(['method', *(f'd={d}' for d in dims)], body)}\n")
+    worst_formats = [f for f in formats if f in ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")]
+    worst = demo.worst_case_table(worst_formats, args.steps)
+    cell = {(r["format"], r["steps"]): r for r in worst}
+    inputs = ", ".join(f"{cell[f, 0]['inputs']} for {f}" for f in worst_formats)
+    print("# Worst relative error of the scale a_n ~ q^-1/2 over every q in [1/2, 2)\n")
+    print(f"Exponent start, update rate 1/2; in brackets: ulps of 1. Inputs: {inputs}.\n")
+    body = [
+        [
+            str(n),
+            *(
+                f"{cell[f, n]['worst_rel']:.2e} ({cell[f, n]['worst_ulps']:.3g})"
+                for f in worst_formats
+            ),
+        ]
+        for n in range(args.steps + 1)
+    ]
+    print(_table(["step", *worst_formats], body) + "\n")
+    drop_in = demo.drop_in_table(args.seed)
+    print("# IterLayerNorm / IterRMSNorm (defaults, native fp32) vs torch.nn\n")
+    body = [
+        [
+            r["norm"],
+            "x".join(map(str, r["shape"])),
+            f"{r['forward_max_abs']:.2e}",
+            f"{r['backward_max_abs']:.2e}",
+            f"{r['backward_ref_max']:.2e}",
+        ]
+        for r in drop_in
+    ]
+    print(_table(["norm", "shape", "max abs dy", "max abs dgrad", "max abs grad"], body))
+    env = demo.environment()
+    print(
+        f"\niterl2norm {env['iterl2norm']}, torch {env['torch']}, python {env['python']}, "
+        f"{env['machine']}, {env['threads']} threads; {time.perf_counter() - start:.1f} s"
+    )
+    if json_file:
+        config = {k: getattr(args, k) for k in ("vectors", "steps", "seed")}
+        config.update(formats=formats, dims=dims)
+        payload = {
+            "config": config,
+            "environment": env,
+            "precision": rows,
+            "worst_case": worst,
+            "drop_in": drop_in,
+        }
+        with json_file:
+            json.dump(payload, json_file, indent=2)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _run_demo(args)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"iterl2norm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iterl2norm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Binary floating-point formats as data, and correct rounding into them.
+
+A :class:`Format` is described by its field widths, exponent bias and its
+rules for infinities, NaNs and overflow; every other constant (largest finite
+value, smallest normal and subnormal, machine epsilon) is derived from those
+fields. :func:`round_to_format` rounds float64 values to any registered format
+with round-to-nearest-even, subnormals included. It is the one rounding
+primitive the bit-accurate emulation is built on, and the test suite checks
+it against PyTorch's own casts on every 8- and 16-bit encoding.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+__all__ = [
+    "FORMATS",
+    "Format",
+    "decode",
+    "encode",
+    "fisr_magic",
+    "get_format",
+    "round_to_format",
+]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A binary floating-point format.
+
+    Args:
+        name: registry name, e.g. ``"bf16"``.
+        exponent_bits: width of the exponent field.
+        mantissa_bits: width of the stored fraction field (the hidden bit is
+            not counted), so the precision is ``mantissa_bits + 1`` bits.
+        bias: exponent bias.
+        has_inf: whether the format encodes infinities.
+        nan: ``"ieee"`` when every encoding with an all-ones exponent field
+            and a nonzero fraction is NaN (the top exponent is then reserved);
+            ``"all_ones"`` when only the all-ones exponent and fraction encode
+            NaN (FP8 E4M3 "fn"), so the top exponent holds finite values.
+        saturate: whether a result beyond the largest finite value becomes
+            that value (with its sign) instead of an infinity or NaN.
+        torch_dtype_name: the matching ``torch`` dtype attribute, if any.
+
+    >>> bf16 = get_format("bf16")
+    >>> bf16.max == float.fromhex("0x1.fep127"), bf16.eps == 2.0**-7
+    (True, True)
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int
+    has_inf: bool
+    nan: str
+    saturate: bool
+    torch_dtype_name: str | None = None
+
+    @property
+    def bits(self) -> int:
+        """Total width of one encoding: sign, exponent and fraction."""
+        return 1 + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def emax(self) -> int:
+        """Unbiased exponent of the largest finite binade."""
+        top_field = (1 << self.exponent_bits) - 1
+        return (top_field - 1 if self.nan == "ieee" else top_field) - self.bias
+
+    @property
+    def emin(self) -> int:
+        """Unbiased exponent of the smallest normal binade."""
+        return 1 - self.bias
+
+    @property
+    def max(self) -> float:
+        """Largest finite value."""
+        # With "all_ones" NaN the top binade loses its all-ones fraction.
+        reserved = 1 if self.nan == "all_ones" else 0
+        top_fraction = (1 << self.mantissa_bits) - 1 - reserved
+        return float(
+            Fraction(2**self.mantissa_bits + top_fraction, 2**self.mantissa_bits)
+            * Fraction(2) ** self.emax
+        )
+
+    @property
+    def smallest_normal(self) -> float:
+        return 2.0**self.emin
+
+    @property
+    def smallest_subnormal(self) -> float:
+        return 2.0 ** (self.emin - self.mantissa_bits)
+
+    @property
+    def eps(self) -> float:
+        """Distance from 1.0 to the next larger value."""
+        return 2.0**-self.mantissa_bits
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return getattr(torch, self.torch_dtype_name, None) if self.torch_dtype_name else None
+
+    def holds(self, other: Format) -> bool:
+        """Whether every finite value of ``other`` is exactly a value of this format."""
+        return (
+            self.mantissa_bits >= other.mantissa_bits
+            and self.emax >= other.emax
+            and self.emin - self.mantissa_bits <= other.emin - other.mantissa_bits
+            and self.max >= other.max
+        )
+
+    def __repr__(self) -> str:
+        return f"Format({self.name!r}, e{self.exponent_bits}m{self.mantissa_bits})"
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("fp64", 11, 52, 1023, True, "ieee", False, "float64"),
+        Format("fp32", 8, 23, 127, True, "ieee", False, "float32"),
+        Format("fp16", 5, 10, 15, True, "ieee", False, "float16"),
+        Format("bf16", 8, 7, 127, True, "ieee", False, "bfloat16"),
+        # OCP FP8 E4M3 has no infinities; conversions saturate to +-448, which
+        # is both the "satfinite" conversion of accelerators and torch's cast.
+        Format("fp8_e4m3", 4, 3, 7, False, "all_ones", True, "float8_e4m3fn"),
+        Format("fp8_e5m2", 5, 2, 15, True, "ieee", False, "float8_e5m2"),
+    )
+}
+
+_DTYPE_TO_FORMAT = {
+    getattr(torch, f.torch_dtype_name): f
+    for f in FORMATS.values()
+    if f.torch_dtype_name and hasattr(torch, f.torch_dtype_name)
+}
+
+
+def get_format(spec: str | Format | torch.dtype) -> Format:
+    """Look up a format by name, :class:`Format` or ``torch`` dtype.
+
+    >>> get_format("fp16") is get_format(torch.float16)
+    True
+    """
+    if isinstance(spec, Format):
+        return spec
+    if isinstance(spec, torch.dtype):
+        if spec in _DTYPE_TO_FORMAT:
+            return _DTYPE_TO_FORMAT[spec]
+        raise ValueError(
+            f"no number format matches dtype {spec!r}; known formats: {', '.join(FORMATS)}"
+        )
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key in FORMATS:
+            return FORMATS[key]
+        raise ValueError(f"unknown number format {spec!r}; known formats: {', '.join(FORMATS)}")
+    raise TypeError(f"a number format must be a name, Format or torch.dtype, got {spec!r}")
+
+
+def pow2(n: torch.Tensor) -> torch.Tensor:
+    """Exact float64 powers of two ``2**n`` for integer ``n`` in [-1022, 1023].
+
+    Built from the bit pattern, so no library ``exp2``/``pow`` rounding can
+    creep in.
+    """
+    return ((n.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+def round_to_format(x: torch.Tensor, fmt: str | Format | torch.dtype) -> torch.Tensor:
+    """Round to the nearest value of ``fmt``, ties to even; returns float64.
+
+    The input is taken as float64 (exactly, for any narrower float dtype),
+    so the result is rounded once, unlike ``float64 -> bfloat16`` casts in
+    PyTorch that pass through float32 and can round twice. Overflow follows
+    the format: infinity, NaN, or the largest finite value when it saturates.
+
+    >>> round_to_format(torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, 1e6]), "bf16").tolist()
+    [1.0, 1.015625, 999424.0]
+    >>> round_to_format(torch.tensor([500.0, -1e9]), "fp8_e4m3").tolist()
+    [448.0, -448.0]
+    """
+    fmt = get_format(fmt)
+    x = x.to(torch.float64)
+    if fmt.mantissa_bits >= 52:
+        return x
+    m = fmt.mantissa_bits
+    _, exponent = torch.frexp(x)  # |x| = f * 2**exponent, f in [0.5, 1)
+    # Binade of x, with the subnormals sharing the smallest normal binade's quantum.
+    binade = (exponent.to(torch.int64) - 1).clamp_(min=fmt.emin)
+    # Scaling by powers of two is exact, so round() sees x in units of the quantum.
+    r = torch.round(x * pow2(m - binade)) * pow2(binade - m)
+    over = r.abs() > fmt.max
+    if fmt.saturate:
+        r = torch.where(over, torch.copysign(torch.full_like(r, fmt.max), x), r)
+    elif fmt.has_inf:
+        r = torch.where(over, torch.copysign(torch.full_like(r, float("inf")), x), r)
+    else:
+        r = torch.where(over, torch.full_like(r, float("nan")), r)
+    return r
+
+
+def _scale_pow2_f64(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Exact ``x * 2**n`` in float64 for results in range, subnormals included.
+
+    Split in two factors so each power of two is a normal float64.
+    """
+    n = n.to(torch.int64)
+    half = torch.div(n, 2, rounding_mode="floor")
+    return x * pow2(half) * pow2(n - half)
+
+
+def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
+    """Bit patterns (int64) of values that are already exact values of ``fmt``.
+
+    NaN encodes as the canonical quiet NaN (all-ones for ``nan="all_ones"``).
+
+    >>> [hex(encode(torch.tensor(v), f).item()) for v, f in ((1.0, "fp32"), (-2.0, "bf16"))]
+    ['0x3f800000', '0xc000']
+    """
+    fmt = get_format(fmt)
+    x = x.to(torch.float64)
+    m, e_bits = fmt.mantissa_bits, fmt.exponent_bits
+    a = x.abs()
+    _, exponent = torch.frexp(a)
+    binade = exponent.to(torch.int64) - 1
+    normal = a >= fmt.smallest_normal
+    field_e = torch.where(normal, binade + fmt.bias, 0)
+    # Units of the quantum: 2**m + fraction for normals, the fraction for subnormals.
+    units = _scale_pow2_f64(a, m - torch.where(normal, binade, fmt.emin))
+    frac = torch.where(normal, units - 2.0**m, units)
+    top = (1 << e_bits) - 1
+    is_inf, is_nan = torch.isinf(x), torch.isnan(x)
+    frac = torch.where(is_inf | is_nan, 0.0, frac).to(torch.int64)
+    field_e = torch.where(is_inf | is_nan, top, field_e)
+    nan_frac = (1 << m) - 1 if fmt.nan == "all_ones" else 1 << (m - 1)
+    frac = torch.where(is_nan, nan_frac, frac)
+    sign = torch.where(is_nan, 0, torch.signbit(x).to(torch.int64))
+    return (sign << (e_bits + m)) | (field_e << m) | frac
+
+
+def decode(bits: torch.Tensor, fmt: str | Format) -> torch.Tensor:
+    """Values (float64) of bit patterns of ``fmt``; the inverse of :func:`encode`.
+
+    >>> decode(torch.tensor([0x3C00, 0x7BFF, 0x0001]), "fp16").tolist()
+    [1.0, 65504.0, 5.960464477539063e-08]
+    """
+    fmt = get_format(fmt)
+    bits = bits.to(torch.int64)
+    m, e_bits = fmt.mantissa_bits, fmt.exponent_bits
+    top = (1 << e_bits) - 1
+    sign = (bits >> (e_bits + m)) & 1
+    field_e = (bits >> m) & top
+    frac = bits & ((1 << m) - 1)
+    normal = field_e > 0
+    units = torch.where(normal, frac + (1 << m), frac).to(torch.float64)
+    value = _scale_pow2_f64(units, torch.where(normal, field_e - fmt.bias, fmt.emin) - m)
+    if fmt.nan == "ieee":
+        special = field_e == top
+        value = torch.where(
+            special & (frac == 0), float("inf") if fmt.has_inf else float("nan"), value
+        )
+        value = torch.where(special & (frac != 0), float("nan"), value)
+    else:
+        value = torch.where((field_e == top) & (frac == (1 << m) - 1), float("nan"), value)
+    return torch.where(sign == 1, -value, value)
+
+
+def round_scalar(value: float | Fraction, fmt: str | Format) -> float:
+    """:func:`round_to_format` for one number, rounded once even from a Fraction.
+
+    A Fraction is first converted to float64 rounding to odd (a sticky last
+    bit), which makes the rounding to any format of <= 51 bits correct.
+
+    >>> round_scalar(Fraction(1, 3), "bf16") == float.fromhex("0x1.56p-2")
+    True
+    """
+    if isinstance(value, Fraction):
+        approx = float(value)
+        inexact = Fraction(approx) != value
+        if inexact and (struct.unpack("<q", struct.pack("<d", approx))[0] & 1) == 0:
+            approx = math.nextafter(approx, math.inf if value > approx else -math.inf)
+        value = approx
+    return round_to_format(torch.tensor(float(value), dtype=torch.float64), fmt).item()
+
+
+# Fast-inverse-square-root "magic" constants are published for FP32. Writing
+# MAGIC = 1.5 * 2**M * (B - t) (Lomont 2003), the offset t is a property of the
+# approximation, not of FP32, so each constant is carried to another format by
+# keeping t and re-rounding with that format's M and B.
+FISR_MAGIC_FP32 = 0x5F3759DF
+
+
+def fisr_magic(fmt: str | Format, fp32_magic: int = FISR_MAGIC_FP32) -> int:
+    """The magic constant for ``fmt`` that matches ``fp32_magic`` in FP32.
+
+    >>> [hex(fisr_magic(f)) for f in ("fp32", "fp16", "bf16")]
+    ['0x5f3759df', '0x59bb', '0x5f37']
+    """
+    fmt = get_format(fmt)
+    fp32 = FORMATS["fp32"]
+    unit32 = Fraction(3, 2) * 2**fp32.mantissa_bits
+    t = fp32.bias - Fraction(fp32_magic) / unit32
+    return round(Fraction(3, 2) * 2**fmt.mantissa_bits * (fmt.bias - t))

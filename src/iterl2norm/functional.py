@@ -1,0 +1,155 @@
+"""LayerNorm and RMSNorm whose inverse square root is IterL2Norm.
+
+Both follow ``torch.nn.functional.layer_norm`` / ``rms_norm`` exactly in
+their arguments and eps semantics; the one difference is how
+(var + eps)**-0.5 is obtained. See :func:`~iterl2norm.iterl2norm` for the
+iteration settings and the ``fmt``/``acc_fmt`` emulation rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+
+import torch
+
+from ._arith import Arithmetic
+from ._pipeline import row_exponent
+from ._validation import IterSettings, as_tensor, check_float
+from .normalize import check_acc_capacity, iterate, quantize_input
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+def _shape(t: torch.Tensor, normalized_shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    if not isinstance(normalized_shape, (Sequence, torch.Size)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in normalized_shape
+    ):
+        raise TypeError(
+            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+        )
+    shape = tuple(normalized_shape)
+    if not shape or tuple(t.shape[t.dim() - len(shape) :]) != shape or len(shape) > t.dim():
+        raise ValueError(
+            f"normalized_shape {shape} does not match the trailing dimensions "
+            f"of an input of shape {tuple(t.shape)}"
+        )
+    return shape
+
+
+def _param(p, name: str, shape: tuple[int, ...], ar: Arithmetic) -> torch.Tensor | None:
+    """A weight or bias as a flat carrier tensor of datapath values."""
+    if p is None:
+        return None
+    p, _ = as_tensor(p, name)
+    if tuple(p.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(p.shape)}, expected normalized_shape {shape}")
+    p = p.reshape(-1).to(ar.carrier)
+    return ar.rnd(p) if ar.emulated else p
+
+
+def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, center: bool):
+    t, restore = as_tensor(x)
+    shape = _shape(t, normalized_shape)
+    ar = Arithmetic.resolve(t.dtype, settings.fmt, settings.acc_fmt)
+    w, b = _param(weight, "weight", shape, ar), _param(bias, "bias", shape, ar)
+    d = math.prod(shape)
+    v = t.reshape(*t.shape[: t.dim() - len(shape)], d).to(ar.carrier).contiguous()  # (..., d)
+    check_acc_capacity(ar, d)
+    v = quantize_input(v, ar)
+    if v.numel() == 0:
+        return restore(v.reshape(t.shape), ar.fmt if ar.emulated else None)
+    inv_d = Fraction(1, d)  # rounded once, exactly, wherever it is used
+    shift = None
+    if center:
+        # Pre-scale for the mean too, so sum(x) cannot overflow; y stays in
+        # units of 2**shift, which the eps term accounts for.
+        shift, _ = row_exponent(v)
+        xs = ar.scale(v, -shift)
+        mean = ar.rnd_acc(ar.sum_acc(ar.rnd_acc(xs)) * ar.const_acc(inv_d))
+        v = ar.sub_once(xs, mean)
+    out = iterate(v, ar, settings, inv_d=inv_d, eps=eps, shift=shift)
+    if w is not None:
+        out = ar.rnd(out * w)
+    if b is not None:
+        out = ar.rnd(out + b)
+    return restore(out.reshape(t.shape), ar.fmt if ar.emulated else None)
+
+
+def layer_norm(
+    x,
+    normalized_shape,
+    weight=None,
+    bias=None,
+    eps: float = 1e-5,
+    *,
+    steps: int = 5,
+    update_rate: float | Sequence[float] = 0.5,
+    init: str = "exponent",
+    mode: str = "scalar",
+    fmt=None,
+    acc_fmt=None,
+):
+    r"""Layer normalization with IterL2Norm in place of the inverse square root.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} * \gamma + \beta
+
+    over the last ``len(normalized_shape)`` dimensions, with the biased
+    variance, as ``torch.nn.functional.layer_norm``.
+
+    Args:
+        x: input tensor or array.
+        normalized_shape: trailing shape to normalize over.
+        weight, bias: optional elementwise affine parameters of that shape.
+        eps: added to the variance. Default: 1e-5.
+        steps, update_rate, init, mode, fmt, acc_fmt: see :func:`~iterl2norm.iterl2norm`.
+
+    Emulated (``fmt`` set): mean and variance come out of the accumulator
+    (sum * (1/d), + eps), x - mean is rounded once to ``fmt``, the iteration
+    runs in ``fmt``, then ``* weight`` and ``+ bias`` are rounded to ``fmt``.
+
+    >>> x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    >>> layer_norm(x, (4,))
+    tensor([[-1.3416, -0.4472,  0.4472,  1.3416]])
+    """
+    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
+    eps = check_float(eps, "eps")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    return _run(x, normalized_shape, weight, bias, eps, settings, center=True)
+
+
+def rms_norm(
+    x,
+    normalized_shape,
+    weight=None,
+    eps: float | None = None,
+    *,
+    steps: int = 5,
+    update_rate: float | Sequence[float] = 0.5,
+    init: str = "exponent",
+    mode: str = "scalar",
+    fmt=None,
+    acc_fmt=None,
+):
+    r"""RMS normalization with IterL2Norm in place of the inverse square root.
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{mean}(x^2) + \epsilon}} * \gamma
+
+    as ``torch.nn.functional.rms_norm``: ``eps=None`` means
+    ``torch.finfo(x.dtype).eps``.
+
+    >>> rms_norm(torch.tensor([[3.0, 4.0]]), (2,))
+    tensor([[0.8485, 1.1314]])
+    """
+    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
+    if eps is None:
+        t, _ = as_tensor(x)
+        eps = torch.finfo(t.dtype).eps
+    eps = check_float(eps, "eps")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    return _run(x, normalized_shape, weight, None, eps, settings, center=False)

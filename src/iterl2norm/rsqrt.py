@@ -1,0 +1,146 @@
+"""Division- and square-root-free estimates of r = q**-0.5 on a normalized q.
+
+Every normalization in this package reduces a vector to one positive scalar
+q and needs r = q**-0.5. The shared front end (see ``_pipeline``) takes the
+exponent out of q first, so the functions here only ever see
+``qn = q * 2**(-2j)`` in [1/2, 2]; the power of two 2**(-j) is folded back
+into the output scaling exactly. That is how hardware keeps the exponent
+apart from the mantissa datapath, and it is why nothing here can overflow.
+
+Each function takes ``qn`` (carrier tensor holding datapath values) and an
+:class:`~iterl2norm._arith.Arithmetic`, and returns the estimate of qn**-0.5
+in the datapath format. The operation order in each is the one a hardware
+unit would follow and is part of the bit-exact definition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ._arith import Arithmetic
+from .formats import Format, decode, encode, fisr_magic, round_scalar
+
+INITS = ("exponent", "exponent+mantissa", "magic")
+
+INVSQRT2_MAGIC_FP32 = 0x5F376908
+INVSQRT2_KS = (1.50087896, 1.50000057)
+SQRT23_MAGIC_FP32 = 0x5F1110A0
+SQRT23_COEFFS = (2.2825186, 2.2533049)
+
+
+def initial_estimate(qn: torch.Tensor, ar: Arithmetic, init: str) -> torch.Tensor:
+    """a_0 ~ qn**-0.5 without division or square root.
+
+    - ``"exponent"``: the exponent alone, a_0 = 1 here (2**-j outside), so
+      u_0 = a_0**2 q lies in [1/2, 2).
+    - ``"exponent+mantissa"``: one comparison of the mantissa with sqrt(2),
+      per exponent parity, picks a_0 from {1, 2**-0.5, 2**0.5} (rounded to
+      the datapath), so u_0 lies in [2**-0.5, 2**0.5).
+    - ``"magic"``: the fast-inverse-square-root bit trick,
+      bits(a_0) = MAGIC - bits(qn) >> 1, with MAGIC for the datapath format.
+    """
+    if init == "exponent":
+        return torch.ones_like(qn)
+    if init == "exponent+mantissa":
+        odd = qn < 1  # qn in [1/2, 1) iff the exponent of q is odd
+        mantissa = torch.where(odd, 2 * qn, qn)  # in [1, 2): the stored significand
+        high = mantissa >= _smallest_at_least_sqrt2(ar.fmt)
+        down, up = ar.const(math.sqrt(0.5)), ar.const(math.sqrt(2))
+        a0 = torch.where(odd, torch.where(high, 1.0, up), torch.where(high, down, 1.0))
+        return a0.to(qn.dtype)
+    if init == "magic":
+        return magic_estimate(qn, ar.fmt, fisr_magic(ar.fmt))
+    raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+
+
+def _smallest_at_least_sqrt2(fmt: Format) -> float:
+    # The comparison must be exact: compare with the first format value >= sqrt(2).
+    # float(sqrt(2)) lies above sqrt(2), so any narrower value below it is below sqrt(2).
+    t = round_scalar(math.sqrt(2), fmt)
+    return t if t >= math.sqrt(2) else t + fmt.eps
+
+
+def magic_estimate(qn: torch.Tensor, fmt: Format, magic: int) -> torch.Tensor:
+    """The bit trick r0 = from_bits(magic - (to_bits(qn) >> 1)) in ``fmt``."""
+    bits = encode(qn.detach(), fmt)
+    return decode(magic - (bits >> 1), fmt).to(qn.dtype)
+
+
+def euler_steps(
+    qn: torch.Tensor, a: torch.Tensor, ar: Arithmetic, rates: Sequence[float]
+) -> torch.Tensor:
+    """IterL2Norm's scalar mode: a <- a + lambda * a * (1 - a**2 * qn).
+
+    One Euler step of dz/dt = (1 - |z|**2) z per rate; lambda = 1/2 is Newton.
+    Per step: t = a*a, u = t*qn, e = 1-u, g = lambda*e, h = a*g, a = a+h.
+    """
+    for rate in rates:
+        lam = ar.const(rate)
+        u = ar.rnd(ar.rnd(a * a) * qn)
+        g = ar.rnd(lam * ar.rnd(1.0 - u))
+        a = ar.rnd(a + ar.rnd(a * g))
+    return a
+
+
+def newton_steps(
+    qn: torch.Tensor, r: torch.Tensor, ar: Arithmetic, ks: Sequence[float]
+) -> torch.Tensor:
+    """The FISR family's step r <- r * (k - (qn/2) * r * r), k per step.
+
+    Operation order of the classic code: h = 0.5*qn once, then per step
+    t = h*r, t = t*r, t = k - t, r = r*t. k = 1.5 is Newton's method.
+    """
+    h = ar.rnd(0.5 * qn)
+    for k in ks:
+        t = ar.rnd(ar.rnd(h * r) * r)
+        r = ar.rnd(r * ar.rnd(ar.const(k) - t))
+    return r
+
+
+def iteration(
+    qn: torch.Tensor, ar: Arithmetic, *, rates: Sequence[float], init: str
+) -> torch.Tensor:
+    """IterL2Norm in scalar mode: initial estimate, then one Euler step per rate."""
+    return euler_steps(qn, initial_estimate(qn, ar, init), ar, rates)
+
+
+def fisr(qn: torch.Tensor, ar: Arithmetic, *, steps: int, magic: int | None) -> torch.Tensor:
+    """Fast inverse square root: magic-constant start, then ``steps`` Newton steps."""
+    magic = fisr_magic(ar.fmt) if magic is None else magic
+    return newton_steps(qn, magic_estimate(qn, ar.fmt, magic), ar, (1.5,) * steps)
+
+
+def invsqrt2(qn: torch.Tensor, ar: Arithmetic, *, steps: int) -> torch.Tensor:
+    """Walczyk et al. InvSqrt2: modified Newton constants k1, k2, then Newton."""
+    r0 = magic_estimate(qn, ar.fmt, fisr_magic(ar.fmt, INVSQRT2_MAGIC_FP32))
+    ks = (*INVSQRT2_KS, *(1.5,) * max(steps - 2, 0))[:steps]
+    return newton_steps(qn, r0, ar, ks)
+
+
+def sqrt23(qn: torch.Tensor, ar: Arithmetic, *, steps: int) -> torch.Tensor:
+    """Kokosinski/Moroz et al. SQRT_23-bits: a cubic first step, then Newton.
+
+    Step 1: c = -(qn*r)*r, r = r * (k1 + c*(k2 + c)). Later steps are Newton
+    in correction form, t = (h*r)*r, r = r + r*(0.5 - t) with h = qn/2: its
+    rounding gives the published 1.0e-7 after two steps in FP32, where the
+    product form r*(1.5 - t) of :func:`newton_steps` gives 1.4e-7.
+    """
+    r = magic_estimate(qn, ar.fmt, fisr_magic(ar.fmt, SQRT23_MAGIC_FP32))
+    if steps >= 1:
+        k1, k2 = (ar.const(k) for k in SQRT23_COEFFS)
+        c = -ar.rnd(ar.rnd(qn * r) * r)
+        r = ar.rnd(r * ar.rnd(k1 + ar.rnd(c * ar.rnd(k2 + c))))
+    h = ar.rnd(0.5 * qn)
+    for _ in range(steps - 1):
+        t = ar.rnd(ar.rnd(h * r) * r)
+        r = ar.rnd(r + ar.rnd(r * ar.rnd(0.5 - t)))
+    return r
+
+
+def exponent_split(q: torch.Tensor) -> torch.Tensor:
+    """j = floor((e+1)/2) for q = m * 2**e, m in [1, 2): q * 2**(-2j) is in [1/2, 2)."""
+    _, exponent = torch.frexp(q.detach())  # q = f * 2**exponent, f in [0.5, 1)
+    return torch.div(exponent.to(torch.int64), 2, rounding_mode="floor")

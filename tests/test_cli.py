@@ -1,0 +1,62 @@
+"""The command line: the demo runs, and user errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from iterl2norm.cli import main
+
+SMALL = ["demo", "--dims", "16", "33", "--vectors", "4", "--formats", "bf16", "fp32"]
+
+
+def test_demo_prints_tables_and_writes_json(tmp_path, capsys):
+    out_file = tmp_path / "demo.json"
+    assert main([*SMALL, "--steps", "3", "--json", str(out_file)]) == 0
+    text = capsys.readouterr().out
+    assert "## bf16" in text and "## fp32" in text and "iterl2norm steps=3" in text
+    assert "| LayerNorm" in text and "| RMSNorm" in text
+    data = json.loads(out_file.read_text())
+    assert data["config"]["dims"] == [16, 33] and data["environment"]["torch"]
+    cells = {(r["format"], r["d"], r["method"]) for r in data["precision"]}
+    assert len(cells) == len(data["precision"]) == 2 * 2 * (3 + 3)
+    fp32 = {
+        r["method"]: r["max_abs"]
+        for r in data["precision"]
+        if r["format"] == "fp32" and r["d"] == 33
+    }
+    assert fp32["iterl2norm steps=3"] < fp32["iterl2norm steps=1"]
+    assert all(r["forward_max_abs"] < 1e-5 for r in data["drop_in"])
+    worst = {(r["format"], r["steps"]): r["worst_rel"] for r in data["worst_case"]}
+    assert worst["fp32", 3] < worst["fp32", 1] < worst["fp32", 0] and "# Worst" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--formats", "fp12"], "unknown number format 'fp12'"),
+        (["demo", "--dims", "0"], "expected a positive integer, got '0'"),
+        (["demo", "--vectors", "many"], "expected an integer, got 'many'"),
+        (["demo", "--json", "/nonexistent/dir/out.json", *SMALL[1:]], "No such file"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(argv, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "iterl2norm.cli", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("iterl2norm") and message in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert len([ln for ln in lines if "error" in ln]) == 1
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and "iterl2norm 0.1.0" in capsys.readouterr().out
+    assert main([]) == 2  # no command: help, non-zero
