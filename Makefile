@@ -5,16 +5,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: study demo test lint install clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[study,test]'
 	touch $@
 
 install: $(BIN)/.installed
+
+# The main job: the precision and convergence study, quick edition (under a
+# minute); writes results/report.md, JSON, CSV and plots.
+study: install
+	$(BIN)/iterl2norm study --quick --out results
 
 demo: install
 	$(BIN)/iterl2norm demo

@@ -173,7 +173,7 @@ def normalize(
     if kind == "vector":
         a0 = initial(qn, fmt, method["init"], method["magic"])
         if eps > 0:
-            vs = [*vs, rne(Fraction(math.sqrt(len(v) * eps)), acc) / Fraction(2) ** k]
+            vs = [*vs, rne(Fraction(math.sqrt(len(v) * eps)) / Fraction(2) ** k, fmt)]
         z = [rne(x * a0 / Fraction(2) ** j, fmt) for x in vs]
         for rate in method["rates"]:
             w = tree_sum([rne(x * x, acc) for x in z], acc)

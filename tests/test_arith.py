@@ -62,3 +62,12 @@ def test_scale_is_exact_across_the_fp32_range():
     up = ar.scale(tiny, torch.tensor([149]))
     assert up.item() == 3.0  # 2**149 alone is not an fp32 number
     assert ar.scale(up, torch.tensor([-149])).item() == tiny.item()
+
+
+def test_fp64_targets_round_to_nearest_not_to_odd():
+    from iterl2norm.formats import round_scalar
+
+    ar = Arithmetic.resolve(torch.float64, "fp64")
+    one, tiny = torch.tensor([1.0], dtype=torch.float64), torch.tensor([2.0**-60])
+    assert ar.sub_once(one, tiny.double()).item() == 1.0
+    assert round_scalar(Fraction(1, 5), "fp64") == 0.2

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from iterl2norm import IterLayerNorm, IterRMSNorm, layer_norm, rms_norm
+from iterl2norm import IterLayerNorm, IterRMSNorm, layer_norm, rms_norm, round_to_format
 from tolerances import tol
 
 SHAPES = [  # (input shape, normalized_shape)
@@ -131,12 +131,17 @@ def test_extra_repr_and_settings():
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp16", "fp8_e4m3"])
-def test_emulated_modules_run_and_stay_close(fmt):
-    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
-    ref = nn.LayerNorm(64)
-    y = IterLayerNorm.from_module(ref, fmt=fmt)(x)
-    assert torch.isfinite(y).all()
-    torch.testing.assert_close(y, ref(x), rtol=0.2 if fmt == "fp8_e4m3" else 0.02, atol=0.05)
+def test_emulated_layer_norm_against_float64(fmt):
+    gen = torch.Generator().manual_seed(0)
+    x = round_to_format(torch.randn(4, 64, generator=gen, dtype=torch.float64), fmt)
+    w = round_to_format(1 + 0.1 * torch.randn(64, generator=gen, dtype=torch.float64), fmt)
+    b = round_to_format(0.1 * torch.randn(64, generator=gen, dtype=torch.float64), fmt)
+    module = nn.LayerNorm(64, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight.copy_(w)
+        module.bias.copy_(b)
+    y = IterLayerNorm.from_module(module, fmt=fmt)(x)
+    torch.testing.assert_close(y, module(x), **tol("layer_norm", fmt))
 
 
 def test_numpy_input_to_functional_forms():
@@ -170,3 +175,43 @@ BAD = [
 def test_bad_input_raises_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_extreme_eps_and_magnitudes_stay_finite_and_right():
+    x = torch.tensor([[1e-40, -2e-40, 3e-40, 1e-41]])
+    expected = torch.nn.functional.rms_norm(x.double(), (4,), eps=1e-80)
+    for kwargs in ({}, {"fmt": "fp32"}, {"mode": "vector"}):
+        torch.testing.assert_close(
+            rms_norm(x, (4,), eps=1e-80, **kwargs).double(),
+            expected,
+            **tol("rms_norm_forward", "native_fp32"),
+        )
+    big = torch.tensor([[1.7e308, -1.7e308, -1.7e308, -1.7e308]], dtype=torch.float64)
+    expected = torch.tensor([[3, -1, -1, -1]], dtype=torch.float64) / 3**0.5
+    for kwargs in ({}, {"fmt": "fp64"}, {"mode": "vector"}):
+        torch.testing.assert_close(
+            layer_norm(big, (4,), **kwargs), expected, **tol("layer_norm_forward", "native_fp32")
+        )
+    for fmt in ("fp32", "fp16"):
+        y = rms_norm(torch.randn(2, 8), (8,), eps=1e9, fmt=fmt, acc_fmt=fmt, mode="vector")
+        assert torch.isfinite(y).all()
+
+
+def test_constant_rows_centre_to_zero_natively():
+    # BERT's eps = 1e-12: any rounding left in x - mean would be normalized to O(1).
+    for value, d in ((3.7, 768), (0.1, 3)):
+        x = torch.full((2, d), value)
+        assert torch.equal(layer_norm(x, (d,), eps=1e-12), torch.zeros(2, d))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_rms_norm_default_eps_is_that_of_the_compute_dtype_like_torch(dtype):
+    x = torch.full((1, 4), 1e-2 if dtype == torch.float16 else 1e-4, dtype=dtype)
+    ours, ref = IterRMSNorm(4, dtype=dtype)(x), nn.RMSNorm(4, dtype=dtype)(x)
+    torch.testing.assert_close(ours, ref, rtol=4 * torch.finfo(dtype).eps, atol=0)
+
+
+def test_shapes_may_be_numpy_integers():
+    m = IterLayerNorm([np.int64(8)])
+    assert m.normalized_shape == (8,) and m(torch.randn(2, 8)).shape == (2, 8)
+    assert layer_norm(torch.randn(2, 8), (np.int32(8),)).shape == (2, 8)

@@ -16,6 +16,8 @@ from iterl2norm import iter_rsqrt
 from iterl2norm._arith import Arithmetic
 from iterl2norm.formats import FORMATS, decode
 from iterl2norm.rsqrt import euler_steps, fisr, initial_estimate, invsqrt2, sqrt23
+from iterl2norm.study.convergence import convergence_rows
+from tolerances import WORST_SCALE_ERROR_5
 
 
 def newton_error_bounds(n_max: int) -> list[float]:
@@ -175,3 +177,12 @@ def test_derivative_of_the_iterate_lags_one_step():
         worst.append(((grad - exact) / exact).abs().max().item())
     assert 4.9e-5 < worst[0] < 5.1e-5
     assert worst[1] < 1e-10
+
+
+@pytest.mark.parametrize("fmt", list(WORST_SCALE_ERROR_5))
+def test_worst_scale_error_after_five_steps(fmt):
+    """The tolerance table's WORST_SCALE_ERROR_5 is the exhaustive worst case."""
+    rows = convergence_rows(fmt, 5, inits=("exponent",), rates=(0.5,))
+    measured = rows[-1]["worst_rel"]
+    assert rows[-1]["steps"] == 5 and rows[-1]["stride"] == 1
+    assert measured <= WORST_SCALE_ERROR_5[fmt] < 1.01 * measured

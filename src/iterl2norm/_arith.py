@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import torch
 
-from .formats import FORMATS, Format, get_format, pow2, round_scalar, round_to_format
+from .formats import FORMATS, Format, get_format, ldexp, round_scalar, round_to_format
 
 _FP32, _FP64 = FORMATS["fp32"], FORMATS["fp64"]
 
@@ -117,8 +117,8 @@ class Arithmetic:
         odd (sticky last bit, from the exact TwoSum error) first makes the
         second rounding the correct one for any target of <= 51 bits.
         """
-        if not self.emulated:
-            return a - b
+        if not self.emulated or self.fmt.mantissa_bits >= 52:
+            return a - b  # the carrier's own subtraction rounds once
         s = a - b
         # Knuth's TwoSum: s + err == a - b exactly.
         virtual_b = s - a
@@ -131,11 +131,12 @@ class Arithmetic:
         return self.rnd(s_odd)
 
     def scale(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """``x * 2**n`` for integer tensor ``n``: exact whenever the result is normal.
+        """``x * 2**n`` for integer tensor ``n``: exact whenever the result is normal."""
+        return ldexp(x, n)
 
-        Two factors, so each power of two is a normal number of the carrier
-        even when 2**n alone would not be (e.g. 2**149 for FP32 subnormals).
-        """
-        n = n.to(torch.int64)
-        half = torch.div(n, 2, rounding_mode="floor")
-        return x * pow2(half).to(self.carrier) * pow2(n - half).to(self.carrier)
+    def scaled_const(self, value: float, n: torch.Tensor) -> torch.Tensor:
+        """``value * 2**n`` (shaped like ``n``), computed exactly in float64 and then
+        brought to the carrier, so a constant far outside the carrier's range
+        (eps = 1e-80 in float32) still enters correctly once it is scaled."""
+        exact = ldexp(torch.full(n.shape, float(value), dtype=torch.float64), n)
+        return exact.to(self.carrier)

@@ -21,8 +21,9 @@ every row is computed independently of the others.
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -82,7 +83,7 @@ def front_end(
     if inv_d != 1:
         q = ar.rnd_acc(q * ar.const_acc(inv_d))
     if eps > 0:
-        q = ar.rnd_acc(q + ar.rnd_acc(ar.scale(torch.full_like(q, eps), -2 * k)))
+        q = ar.rnd_acc(q + ar.rnd_acc(ar.scaled_const(eps, -2 * k)))
     bad = ~torch.isfinite(amax)
     # NaN/Inf rows and all-zero rows have fixed answers; keep their arithmetic tame.
     q = torch.where(bad | (q == 0), torch.ones_like(q), q)
@@ -112,7 +113,7 @@ def normalize_scalar(v: torch.Tensor, ar: Arithmetic, estimate: Estimate, **stat
     return multiply_output(fe, ar, estimate(fe.qn, ar))
 
 
-def normalize_vector(
+def vector_iterates(
     v: torch.Tensor,
     ar: Arithmetic,
     *,
@@ -121,28 +122,36 @@ def normalize_vector(
     inv_d: Fraction | int = 1,
     eps: float = 0.0,
     shift: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> Iterator[torch.Tensor]:
     """IterL2Norm in vector mode: z <- z + lambda * (1 - |z|**2 * inv_d) * z.
+
+    Yields the output after 0, 1, ..., len(rates) steps.
 
     z_0 = rnd(vs * a_0 * 2**-j) from the same initial estimate as scalar mode;
     each step reduces |z|**2 again (in the accumulation format), then
     e = 1 - rnd(w), g = lambda*e, z = z + g*z. With eps > 0 the vector carries
-    one extra element sqrt(d * eps) (scaled like the rest), since
+    one extra element rnd(sqrt(d * eps) * 2**-k) (scaled like the rest), since
     y / sqrt(|y|**2/d + eps) = sqrt(d) * [y, sqrt(d*eps)] / |[y, sqrt(d*eps)]|,
     restricted to y's elements.
     """
     fe = front_end(v, ar, inv_d=inv_d, eps=eps, shift=shift)
     a0 = initial_estimate(fe.qn, ar, init)
+    d = v.shape[-1]
     vs = fe.vs
     if eps > 0:
-        d = v.shape[-1]
-        extra = torch.full_like(fe.qn, ar.const_acc(math.sqrt(d * eps)))
-        vs = torch.cat([vs, ar.scale(extra, -fe.k)], dim=-1)  # (..., d + 1)
+        extra = ar.rnd(ar.scaled_const(math.sqrt(d * eps), -fe.k))  # a datapath value
+        vs = torch.cat([vs, extra], dim=-1)  # (..., d + 1)
     z = ar.rnd(vs * ar.scale(a0, -fe.j))
+    yield _finish(z[..., :d], fe)
     for rate in rates:
         w = ar.sum_acc(ar.rnd_acc(z * z))
         if inv_d != 1:
             w = ar.rnd_acc(w * ar.const_acc(inv_d))
         g = ar.rnd(ar.const(rate) * ar.rnd(1.0 - ar.rnd(w)))
         z = ar.rnd(z + ar.rnd(g * z))
-    return _finish(z[..., : v.shape[-1]], fe)
+        yield _finish(z[..., :d], fe)
+
+
+def normalize_vector(v: torch.Tensor, ar: Arithmetic, **settings) -> torch.Tensor:
+    """The output of :func:`vector_iterates` after its last step."""
+    return collections.deque(vector_iterates(v, ar, **settings), maxlen=1)[0]

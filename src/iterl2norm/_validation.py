@@ -127,7 +127,8 @@ def as_tensor(x, name: str = "x") -> tuple[torch.Tensor, Restore]:
     if isinstance(x, np.ndarray):
         if x.dtype.kind != "f":
             raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        # torch cannot view negative strides; copy those (keeping 0-d arrays 0-d).
+        t = torch.from_numpy(x.copy() if any(s < 0 for s in x.strides) else x)
         is_numpy = True
     elif isinstance(x, torch.Tensor):
         t = x

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from ._markdown import table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,18 +76,92 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+
+    study = sub.add_parser(
+        "study",
+        help="the paper's precision and convergence results: report, plots, JSON, CSV",
+        description="Precision of IterL2Norm and its peers per format and d against float64 "
+        "(the paper's comparison, equal-cost comparison, scalar vs vector mode, several "
+        "inputs), and worst-case convergence over every input. Writes report.md, "
+        "results.json, precision.csv, convergence.csv and PNG plots to --out.",
+    )
+    study.add_argument(
+        "part",
+        nargs="?",
+        choices=("precision", "convergence"),
+        help="run one part only (default: both)",
+    )
+    study.add_argument(
+        "--quick",
+        action="store_true",
+        help="8 vectors per cell and every 256th FP32 mantissa: under a minute",
+    )
+    study.add_argument(
+        "--out", default="results", metavar="DIR", help="output directory (default: results)"
+    )
+    study.add_argument(
+        "--formats",
+        nargs="+",
+        default=None,
+        metavar="FMT",
+        help="formats (default: fp32 fp16 bf16 fp8_e4m3 fp8_e5m2)",
+    )
+    study.add_argument(
+        "--dims",
+        nargs="+",
+        type=_positive_int,
+        default=None,
+        metavar="D",
+        help="vector lengths (default: the nine OPT embedding sizes)",
+    )
+    study.add_argument(
+        "--vectors",
+        type=_positive_int,
+        default=None,
+        help="vectors per (format, d, input) (default: 256; --quick: 8)",
+    )
+    study.add_argument(
+        "--inputs",
+        metavar="FILE.npy",
+        default=None,
+        help="also normalize the rows of this array (e.g. captured activations)",
+    )
+    study.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    study.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown pipe table with aligned columns."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+def _run_study(args, argv: Sequence[str]) -> int:
+    from pathlib import Path
 
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    from .formats import get_format
+    from .study import OPT_DIMS, PARTS, StudyConfig, run_study
+    from .study.report import write
 
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+    overrides = {
+        "parts": (args.part,) if args.part else PARTS,
+        "seed": args.seed,
+        "input_file": args.inputs,
+    }
+    if args.formats:
+        overrides["formats"] = tuple(get_format(f).name for f in args.formats)
+    overrides["dims"] = tuple(args.dims) if args.dims else OPT_DIMS
+    if args.vectors:
+        overrides["vectors"] = args.vectors
+    config = StudyConfig.quick_config(**overrides) if args.quick else StudyConfig(**overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    if not args.no_plots:
+        from .study.plots import _pyplot
+
+        _pyplot()  # fail on a missing matplotlib before the work, not after
+    results = run_study(config, progress=not args.no_progress)
+    command = " ".join(["iterl2norm", *argv])
+    for path in write(results, out, command, plots=not args.no_plots):
+        print(path)
+    return 0
 
 
 def _run_demo(args) -> int:
@@ -110,13 +185,17 @@ def _run_demo(args) -> int:
     for fmt in formats:
         cell = {(r["method"], r["d"]): r["max_abs"] for r in rows if r["format"] == fmt}
         body = [[label, *(f"{cell[label, d]:.2e}" for d in dims)] for label in labels]
-        print(f"## {fmt}\n\n{_table(['method', *(f'd={d}' for d in dims)], body)}\n")
-    worst_formats = [f for f in formats if f in ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")]
+        print(f"## {fmt}\n\n{table(['method', *(f'd={d}' for d in dims)], body)}\n")
+    # Every q of fp64 would be 2**53 values: the sweep covers the formats up to fp32.
+    worst_formats = [f for f in formats if f != "fp64"]
     worst = demo.worst_case_table(worst_formats, args.steps)
     cell = {(r["format"], r["steps"]): r for r in worst}
     inputs = ", ".join(f"{cell[f, 0]['inputs']} for {f}" for f in worst_formats)
     print("# Worst relative error of the scale a_n ~ q^-1/2 over every q in [1/2, 2)\n")
-    print(f"Exponent start, update rate 1/2; in brackets: ulps of 1. Inputs: {inputs}.\n")
+    print(
+        "Exponent start, update rate 1/2; in brackets: the worst distance from the correctly "
+        f"rounded q^-1/2, in ulps. Inputs: {inputs}.\n"
+    )
     body = [
         [
             str(n),
@@ -127,7 +206,7 @@ def _run_demo(args) -> int:
         ]
         for n in range(args.steps + 1)
     ]
-    print(_table(["step", *worst_formats], body) + "\n")
+    print(table(["step", *worst_formats], body) + "\n")
     drop_in = demo.drop_in_table(args.seed)
     print("# IterLayerNorm / IterRMSNorm (defaults, native fp32) vs torch.nn\n")
     body = [
@@ -140,11 +219,13 @@ def _run_demo(args) -> int:
         ]
         for r in drop_in
     ]
-    print(_table(["norm", "shape", "max abs dy", "max abs dgrad", "max abs grad"], body))
-    env = demo.environment()
+    print(table(["norm", "shape", "max abs dy", "max abs dgrad", "max abs grad"], body))
+    from .study import environment
+
+    env = environment()
     print(
         f"\niterl2norm {env['iterl2norm']}, torch {env['torch']}, python {env['python']}, "
-        f"{env['machine']}, {env['threads']} threads; {time.perf_counter() - start:.1f} s"
+        f"{env['machine']}, {env['cpu_threads']} threads; {time.perf_counter() - start:.1f} s"
     )
     if json_file:
         config = {k: getattr(args, k) for k in ("vectors", "steps", "seed")}
@@ -168,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "study":
+            return _run_study(args, list(sys.argv[1:] if argv is None else argv))
         return _run_demo(args)
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"iterl2norm: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,19 +16,16 @@ Three tables:
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable, Sequence
 from functools import partial
 
-import numpy as np
 import torch
 
-from . import __version__
-from ._arith import Arithmetic
-from .formats import decode, get_format, round_to_format
+from .formats import get_format, round_to_format
 from .functional import layer_norm, rms_norm
 from .normalize import exact_normalize, fisr_normalize, iterl2norm
-from .rsqrt import euler_steps, initial_estimate
+from .study.convergence import convergence_rows
+from .study.precision import errors
 
 DEFAULT_FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 DEFAULT_DIMS = (64, 768, 4096)
@@ -54,17 +51,6 @@ def sample_vectors(d: int, n: int, generator: torch.Generator) -> torch.Tensor:
     x = torch.randn(n, d, generator=generator, dtype=torch.float64)
     scale = torch.exp2(torch.empty(n, 1, dtype=torch.float64).uniform_(-6, 6, generator=generator))
     return x * scale
-
-
-def errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """Max and mean absolute error, and the worst relative error of the norm."""
-    diff = (out.to(torch.float64) - ref).abs()
-    norm_err = (out.to(torch.float64).norm(dim=-1) - 1).abs()
-    return {
-        "max_abs": diff.max().item(),
-        "mean_abs": diff.mean().item(),
-        "max_norm_rel": norm_err.max().item(),
-    }
 
 
 def precision_table(
@@ -142,61 +128,10 @@ def drop_in_table(seed: int) -> list[dict]:
     return rows
 
 
-def every_q(fmt: str) -> torch.Tensor:
-    """Every value of ``fmt`` in [1/2, 2): all mantissas of both exponent
-    parities, which is every input the estimate ever sees (step 3 of
-    docs/ALGORITHM.md)."""
-    f = get_format(fmt)
-    if f.bits > 16:  # fp32: 2**24 values, built from the bit patterns
-        mant = torch.arange(1 << f.mantissa_bits, dtype=torch.int64)
-        fields = torch.cat(
-            [mant | ((f.bias - 1) << f.mantissa_bits), mant | (f.bias << f.mantissa_bits)]
-        )
-        return decode(fields, f)
-    values = decode(torch.arange(1, 1 << (f.bits - 1)), f)
-    return values[(values >= 0.5) & (values < 2)]
-
-
 def worst_case_table(formats: Sequence[str], max_steps: int) -> list[dict]:
-    """Worst relative error of the scale a_n ~ q**-0.5 over every q, per step,
-    for the paper's settings (exponent start, update rate 1/2)."""
+    """Worst error of the scale a_n ~ q**-0.5 over every q, per step, for the
+    paper's settings (exponent start, update rate 1/2)."""
     rows = []
     for fmt in formats:
-        fmt = get_format(fmt).name
-        # FP32 runs natively: IEEE single arithmetic is FP32 emulation, bit for
-        # bit (tests/test_rsqrt.py), and 16x faster over 2**24 values.
-        ar = (
-            Arithmetic.resolve(torch.float32)
-            if fmt == "fp32"
-            else Arithmetic.resolve(torch.float64, fmt)
-        )
-        qn = every_q(fmt).to(ar.carrier)
-        exact = torch.sqrt(qn.to(torch.float64))
-        a = initial_estimate(qn, ar, "exponent")
-        for n in range(max_steps + 1):
-            if n:
-                a = euler_steps(qn, a, ar, [0.5])
-            worst = (a.to(torch.float64) * exact - 1).abs().max().item()
-            ulp = get_format(fmt).eps
-            rows.append(
-                {
-                    "format": fmt,
-                    "steps": n,
-                    "inputs": qn.numel(),
-                    "worst_rel": worst,
-                    "worst_ulps": worst / ulp,
-                }
-            )
+        rows += convergence_rows(get_format(fmt).name, max_steps, inits=("exponent",), rates=(0.5,))
     return rows
-
-
-def environment() -> dict[str, str]:
-    return {
-        "iterl2norm": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
-        "threads": str(torch.get_num_threads()),
-    }

@@ -204,14 +204,26 @@ def round_to_format(x: torch.Tensor, fmt: str | Format | torch.dtype) -> torch.T
     return r
 
 
-def _scale_pow2_f64(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """Exact ``x * 2**n`` in float64 for results in range, subnormals included.
+# Normal exponent range of the dtypes that carry values.
+_EXPONENTS = {torch.float32: (-126, 127), torch.float64: (-1022, 1023)}
 
-    Split in two factors so each power of two is a normal float64.
+
+def ldexp(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``x * 2**n`` for an integer tensor ``n``, exact whenever the result is
+    normal, for float32 and float64 ``x``.
+
+    Three powers of two, each a normal number of ``x``'s dtype, so any
+    |n| up to three times the exponent range works (2**149 alone is not a
+    float32, 2**-1074 not a normal float64). The split is even, so the
+    intermediate values lie between ``x`` and the result.
     """
-    n = n.to(torch.int64)
-    half = torch.div(n, 2, rounding_mode="floor")
-    return x * pow2(half) * pow2(n - half)
+    lo, hi = _EXPONENTS[x.dtype]
+    n = n.to(torch.int64).clamp(3 * lo, 3 * hi)  # beyond: every finite x under/overflows
+    first = torch.div(n, 3, rounding_mode="floor")
+    second = torch.div(n - first, 2, rounding_mode="floor")
+    for piece in (first, second, n - first - second):
+        x = x * pow2(piece).to(x.dtype)
+    return x
 
 
 def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
@@ -231,7 +243,7 @@ def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     normal = a >= fmt.smallest_normal
     field_e = torch.where(normal, binade + fmt.bias, 0)
     # Units of the quantum: 2**m + fraction for normals, the fraction for subnormals.
-    units = _scale_pow2_f64(a, m - torch.where(normal, binade, fmt.emin))
+    units = ldexp(a, m - torch.where(normal, binade, fmt.emin))
     frac = torch.where(normal, units - 2.0**m, units)
     top = (1 << e_bits) - 1
     is_inf, is_nan = torch.isinf(x), torch.isnan(x)
@@ -258,7 +270,7 @@ def decode(bits: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     frac = bits & ((1 << m) - 1)
     normal = field_e > 0
     units = torch.where(normal, frac + (1 << m), frac).to(torch.float64)
-    value = _scale_pow2_f64(units, torch.where(normal, field_e - fmt.bias, fmt.emin) - m)
+    value = ldexp(units, torch.where(normal, field_e - fmt.bias, fmt.emin) - m)
     if fmt.nan == "ieee":
         special = field_e == top
         value = torch.where(
@@ -279,10 +291,12 @@ def round_scalar(value: float | Fraction, fmt: str | Format) -> float:
     >>> round_scalar(Fraction(1, 3), "bf16") == float.fromhex("0x1.56p-2")
     True
     """
+    fmt = get_format(fmt)
     if isinstance(value, Fraction):
-        approx = float(value)
+        approx = float(value)  # correctly rounded to float64
         inexact = Fraction(approx) != value
-        if inexact and (struct.unpack("<q", struct.pack("<d", approx))[0] & 1) == 0:
+        odd = struct.unpack("<q", struct.pack("<d", approx))[0] & 1
+        if inexact and not odd and fmt.mantissa_bits < 52:
             approx = math.nextafter(approx, math.inf if value > approx else -math.inf)
         value = approx
     return round_to_format(torch.tensor(float(value), dtype=torch.float64), fmt).item()

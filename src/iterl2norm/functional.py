@@ -9,6 +9,7 @@ iteration settings and the ``fmt``/``acc_fmt`` emulation rules.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -23,15 +24,15 @@ __all__ = ["layer_norm", "rms_norm"]
 
 
 def _shape(t: torch.Tensor, normalized_shape) -> tuple[int, ...]:
-    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
     if not isinstance(normalized_shape, (Sequence, torch.Size)) or not all(
-        isinstance(n, int) and not isinstance(n, bool) for n in normalized_shape
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in normalized_shape
     ):
         raise TypeError(
             f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
         )
-    shape = tuple(normalized_shape)
+    shape = tuple(int(n) for n in normalized_shape)
     if not shape or tuple(t.shape[t.dim() - len(shape) :]) != shape or len(shape) > t.dim():
         raise ValueError(
             f"normalized_shape {shape} does not match the trailing dimensions "
@@ -69,7 +70,16 @@ def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, 
         # units of 2**shift, which the eps term accounts for.
         shift, _ = row_exponent(v)
         xs = ar.scale(v, -shift)
-        mean = ar.rnd_acc(ar.sum_acc(ar.rnd_acc(xs)) * ar.const_acc(inv_d))
+        if ar.emulated:
+            # The hardware formulation, as docs/ALGORITHM.md defines it.
+            mean = ar.rnd_acc(ar.sum_acc(ar.rnd_acc(xs)) * ar.const_acc(inv_d))
+        else:
+            # Natively, centre on the first element first, so a constant row
+            # centres to exactly zero, as in torch (whose mean is a running one):
+            # with BERT's eps = 1e-12, sum * (1/d)'s rounding would otherwise be
+            # normalized up to O(1).
+            first = xs[..., :1]
+            mean = first + (xs - first).sum(dim=-1, keepdim=True) * ar.const_acc(inv_d)
         v = ar.sub_once(xs, mean)
     out = iterate(v, ar, settings, inv_d=inv_d, eps=eps, shift=shift)
     if w is not None:
@@ -139,16 +149,18 @@ def rms_norm(
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{mean}(x^2) + \epsilon}} * \gamma
 
-    as ``torch.nn.functional.rms_norm``: ``eps=None`` means
-    ``torch.finfo(x.dtype).eps``.
+    as ``torch.nn.functional.rms_norm``: ``eps=None`` means the machine
+    epsilon of the dtype torch computes in (float32 for 16-bit inputs).
 
     >>> rms_norm(torch.tensor([[3.0, 4.0]]), (2,))
     tensor([[0.8485, 1.1314]])
     """
     settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
     if eps is None:
+        # torch takes the epsilon of the dtype it computes in: float32 for
+        # 16-bit inputs (whose own epsilon would swamp small activations).
         t, _ = as_tensor(x)
-        eps = torch.finfo(t.dtype).eps
+        eps = torch.finfo(Arithmetic.resolve(t.dtype).carrier).eps
     eps = check_float(eps, "eps")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")

@@ -22,7 +22,7 @@ __all__ = ["IterLayerNorm", "IterRMSNorm"]
 def _as_shape(normalized_shape) -> tuple[int, ...]:
     if isinstance(normalized_shape, numbers.Integral):
         return (int(normalized_shape),)
-    return tuple(normalized_shape)
+    return tuple(int(n) for n in normalized_shape)
 
 
 class _IterNorm(nn.Module):

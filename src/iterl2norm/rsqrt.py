@@ -48,9 +48,9 @@ def initial_estimate(qn: torch.Tensor, ar: Arithmetic, init: str) -> torch.Tenso
         odd = qn < 1  # qn in [1/2, 1) iff the exponent of q is odd
         mantissa = torch.where(odd, 2 * qn, qn)  # in [1, 2): the stored significand
         high = mantissa >= _smallest_at_least_sqrt2(ar.fmt)
-        down, up = ar.const(math.sqrt(0.5)), ar.const(math.sqrt(2))
-        a0 = torch.where(odd, torch.where(high, 1.0, up), torch.where(high, down, 1.0))
-        return a0.to(qn.dtype)
+        one = torch.ones_like(qn)
+        down, up = one * ar.const(math.sqrt(0.5)), one * ar.const(math.sqrt(2))
+        return torch.where(odd, torch.where(high, one, up), torch.where(high, down, one))
     if init == "magic":
         return magic_estimate(qn, ar.fmt, fisr_magic(ar.fmt))
     raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -93,6 +93,8 @@ def newton_steps(
     Operation order of the classic code: h = 0.5*qn once, then per step
     t = h*r, t = t*r, t = k - t, r = r*t. k = 1.5 is Newton's method.
     """
+    if not ks:
+        return r
     h = ar.rnd(0.5 * qn)
     for k in ks:
         t = ar.rnd(ar.rnd(h * r) * r)
@@ -133,10 +135,11 @@ def sqrt23(qn: torch.Tensor, ar: Arithmetic, *, steps: int) -> torch.Tensor:
         k1, k2 = (ar.const(k) for k in SQRT23_COEFFS)
         c = -ar.rnd(ar.rnd(qn * r) * r)
         r = ar.rnd(r * ar.rnd(k1 + ar.rnd(c * ar.rnd(k2 + c))))
-    h = ar.rnd(0.5 * qn)
-    for _ in range(steps - 1):
-        t = ar.rnd(ar.rnd(h * r) * r)
-        r = ar.rnd(r + ar.rnd(r * ar.rnd(0.5 - t)))
+    if steps >= 2:
+        h = ar.rnd(0.5 * qn)
+        for _ in range(steps - 1):
+            t = ar.rnd(ar.rnd(h * r) * r)
+            r = ar.rnd(r + ar.rnd(r * ar.rnd(0.5 - t)))
     return r
 
 

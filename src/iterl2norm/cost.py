@@ -1,0 +1,123 @@
+"""What each method spends per vector, beyond the work every method shares.
+
+Every method shares the pre-scaling, the sum of squares, the exponent split
+and (except vector mode) one final scaling of the d outputs. What differs is
+how r ~ q**-0.5 is obtained; this module counts those operations, as the
+code in ``rsqrt.py`` and ``_pipeline.py`` performs them, so methods can be
+compared at equal cost. ``tests/test_cost.py`` checks every count against
+the number of rounded operations the emulation actually performs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Cost", "estimate_cost"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Operation counts per vector.
+
+    Args:
+        multiplies: floating-point multiplications.
+        adds: floating-point additions and subtractions.
+        pow2_scalings: multiplications by a power of two (an exponent add in
+            hardware, e.g. an update rate of 1/2).
+        integer_ops: integer operations on bit patterns (the magic-constant start).
+        compares: mantissa comparisons (the exponent+mantissa start).
+        sqrts, divides: square roots and divisions (the exact method only).
+    """
+
+    multiplies: int = 0
+    adds: int = 0
+    pow2_scalings: int = 0
+    integer_ops: int = 0
+    compares: int = 0
+    sqrts: int = 0
+    divides: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            *(a + b for a, b in zip(vars(self).values(), vars(other).values(), strict=True))
+        )
+
+    def __mul__(self, n: int) -> Cost:
+        return Cost(*(a * n for a in vars(self).values()))
+
+
+def _is_pow2(value: float) -> bool:
+    mantissa, _ = math.frexp(value)
+    return value > 0 and mantissa == 0.5
+
+
+_INIT_COST = {
+    "exponent": Cost(),  # a_0 = 1: the exponent split is shared
+    "exponent+mantissa": Cost(compares=1),
+    "magic": Cost(integer_ops=2),  # shift, subtract
+}
+
+
+def _euler_step(rate: float) -> Cost:
+    # a*a, *qn, a*g are multiplies; lambda*e is one too unless lambda = 2**k.
+    lam = Cost(pow2_scalings=1) if _is_pow2(rate) else Cost(multiplies=1)
+    return Cost(multiplies=3, adds=2) + lam
+
+
+def _vector_step(rate: float, d: int) -> Cost:
+    # |z|^2: d squares and d-1 adds; 1 - w; lambda*e; g*z_i and z_i + ..., d each.
+    lam = Cost(pow2_scalings=1) if _is_pow2(rate) else Cost(multiplies=1)
+    return Cost(multiplies=2 * d, adds=(d - 1) + 1 + d) + lam
+
+
+def estimate_cost(
+    method: str,
+    steps: int,
+    *,
+    init: str = "exponent",
+    update_rate: float | Sequence[float] = 0.5,
+    mode: str = "scalar",
+    d: int | None = None,
+) -> Cost:
+    """Operations ``method`` spends per vector beyond the shared work.
+
+    ``method`` is ``"iterl2norm"``, ``"fisr"``, ``"invsqrt2"``, ``"sqrt23"`` or
+    ``"exact"``. Vector mode (``mode="vector"``) also needs ``d``: each of its
+    steps reduces and rescales the whole vector, and it has no final scaling
+    (its d initial multiplies z_0 = vs * a_0 take that place).
+
+    >>> estimate_cost("iterl2norm", 5)
+    Cost(multiplies=15, adds=10, pow2_scalings=5, integer_ops=0, compares=0, sqrts=0, divides=0)
+    >>> estimate_cost("fisr", 1).multiplies
+    3
+    """
+    rates = tuple(update_rate) if isinstance(update_rate, Sequence) else (update_rate,) * steps
+    if method == "iterl2norm":
+        if mode == "vector":
+            if d is None:
+                raise ValueError("vector mode's cost depends on d; pass d")
+            return _INIT_COST[init] + sum((_vector_step(r, d) for r in rates), Cost())
+        return _INIT_COST[init] + sum((_euler_step(r) for r in rates), Cost())
+    if method in ("fisr", "invsqrt2"):
+        # h = qn/2 once; per step h*r, *r, r*t and k - t.
+        half = Cost(pow2_scalings=1) if steps >= 1 else Cost()
+        return _INIT_COST["magic"] + half + Cost(multiplies=3, adds=1) * steps
+    if method == "sqrt23":
+        # Step 1: qn*r, *r, c*(k2 + c), r*(k1 + ...); later: h*r, *r, r*(0.5 - t), r + ...
+        first = Cost(multiplies=4, adds=2) if steps >= 1 else Cost()
+        later = (
+            Cost(pow2_scalings=1) + Cost(multiplies=3, adds=2) * (steps - 1)
+            if steps >= 2
+            else Cost()
+        )
+        return _INIT_COST["magic"] + first + later
+    if method == "exact":
+        # sqrt(qn), then d divisions in place of the final scaling.
+        if d is None:
+            raise ValueError("the exact method divides every element; pass d")
+        return Cost(sqrts=1, divides=d)
+    raise ValueError(
+        f"unknown method {method!r}; choose iterl2norm, fisr, invsqrt2, sqrt23 or exact"
+    )

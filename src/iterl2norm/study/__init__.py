@@ -1,0 +1,168 @@
+"""``iterl2norm study``: the paper's precision and convergence results, and more.
+
+:func:`run_study` computes; :mod:`.report` writes the Markdown report, JSON,
+CSV and plots. Parts: ``"precision"`` (every method, format, d and input
+against float64, with the equal-cost comparison and scalar vs vector mode)
+and ``"convergence"`` (worst case over every input, per step, init and rate).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..formats import get_format
+from .convergence import INITS, RATES, convergence_rows
+from .inputs import KINDS, load_rows, make_inputs
+from .precision import precision_rows
+
+# The embedding lengths of the nine OPT models (the paper's table).
+OPT_DIMS = (768, 1024, 2048, 2560, 4096, 5120, 7168, 9216, 12288)
+FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+PARTS = ("precision", "convergence")
+
+__all__ = ["OPT_DIMS", "PARTS", "StudyConfig", "run_study"]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that determines the study's numbers."""
+
+    formats: tuple[str, ...] = FORMATS
+    dims: tuple[int, ...] = OPT_DIMS
+    vectors: int = 256  # per (format, d, input)
+    seed: int = 0
+    inputs: tuple[str, ...] = KINDS
+    input_file: str | None = None  # extra rows from a .npy file (their own d)
+    max_steps: int = 5  # precision: IterL2Norm steps 1..max_steps
+    conv_steps: int = 8  # convergence: steps 0..conv_steps
+    inits: tuple[str, ...] = INITS
+    rates: tuple[float, ...] = RATES
+    fp32_stride: int = 1  # convergence: every stride-th fp32 mantissa (1: all 2**24)
+    quick: bool = False
+    parts: tuple[str, ...] = field(default=PARTS)
+
+    @classmethod
+    def quick_config(cls, **overrides) -> StudyConfig:
+        """Minutes become seconds: 8 vectors per cell, every 256th FP32 mantissa."""
+        return cls(**{"vectors": 8, "fp32_stride": 256, "quick": True, **overrides})
+
+    def __post_init__(self):
+        for f in self.formats:
+            get_format(f)  # raises a clear error for an unknown name
+        if any(k not in KINDS for k in self.inputs):
+            raise ValueError(f"unknown input kind in {self.inputs!r}; choose from {KINDS}")
+        if any(p not in PARTS for p in self.parts):
+            raise ValueError(f"unknown study part in {self.parts!r}; choose from {PARTS}")
+        if self.vectors < 1 or self.fp32_stride < 1:
+            raise ValueError("vectors and fp32_stride must be positive")
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine, stored with every result."""
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        revision = ""
+    return {
+        "iterl2norm": __version__,
+        "git_revision": revision or "unknown",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpu_threads": str(torch.get_num_threads()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _tasks(config: StudyConfig, file_rows: torch.Tensor | None):
+    for fmt in config.formats:
+        for kind in config.inputs:
+            for d in config.dims:
+                yield ("precision", fmt, kind, d)
+        if file_rows is not None:
+            yield ("precision", fmt, "file", file_rows.shape[-1])
+    for fmt in config.formats:
+        yield ("convergence", fmt, None, None)
+
+
+def run_study(config: StudyConfig, progress: bool = True) -> dict:
+    """Compute every part in ``config.parts``; returns the raw results."""
+    start = time.perf_counter()
+    file_rows = None
+    if config.input_file is not None and "precision" in config.parts:
+        file_rows = load_rows(
+            config.input_file, max_rows=max(config.vectors, 1024), seed=config.seed
+        )
+    tasks = [t for t in _tasks(config, file_rows) if t[0] in config.parts]
+    results = {
+        "config": asdict(config),
+        "environment": environment(),
+        "precision": [],
+        "convergence": [],
+    }
+    bar = _progress(len(tasks), progress)
+    for part, fmt, kind, d in tasks:
+        bar.set_description(f"{part} {fmt}" + (f" {kind} d={d}" if kind else ""))
+        if part == "precision":
+            if kind == "file":
+                from ..formats import round_to_format
+
+                x = round_to_format(file_rows, fmt)
+            else:
+                # One seed per (input, d), shared by every format: the same
+                # vectors before rounding, so formats compare like for like.
+                seed = config.seed + 1000 * KINDS.index(kind) + d
+                x = make_inputs(kind, d, config.vectors, fmt, seed)
+            results["precision"] += precision_rows(x, fmt, config.max_steps, input=kind)
+        else:
+            stride = config.fp32_stride if fmt == "fp32" else 1
+            results["convergence"] += convergence_rows(
+                fmt, config.conv_steps, inits=config.inits, rates=config.rates, stride=stride
+            )
+        bar.update()
+    bar.close()
+    results["environment"]["seconds"] = f"{time.perf_counter() - start:.1f}"
+    if file_rows is not None:
+        results["config"]["input_file_rows"] = file_rows.shape[0]
+    return results
+
+
+class _Silent:
+    def set_description(self, _):
+        pass
+
+    def update(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _Silent()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        raise ImportError(
+            "the study's progress bar needs tqdm: pip install 'iterl2norm[study]'"
+        ) from None
+    # disable=None: a bar on a terminal, silence in logs and pipes.
+    return tqdm(total=total, unit="task", dynamic_ncols=True, disable=None)

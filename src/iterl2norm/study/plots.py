@@ -1,0 +1,193 @@
+"""The study's figures (matplotlib, written as PNG without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report import COST_D, COST_INPUT, HEADLINE, _key, pareto
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "the study's plots need matplotlib: pip install 'iterl2norm[study]' "
+            "(or pass --no-plots)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(plt, n: int, title: str):
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    fig.clf()
+    return path
+
+
+def _style(key: tuple) -> dict:
+    method, _, _, steps = key
+    if method == "iterl2norm":
+        return {"color": "C0", "alpha": 0.35 + 0.13 * steps, "marker": "o", "ms": 3}
+    colors = {"fisr": "C1", "invsqrt2": "C2", "sqrt23": "C3", "exact": "k"}
+    return {"color": colors[method], "ls": "--" if steps == 1 else "-", "marker": "s", "ms": 3}
+
+
+def plot_precision(results: dict, out: Path, plt) -> Path:
+    rows = [r for r in results["precision"] if r["input"] == "gaussian"]
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    fig, axes = _grid(plt, len(formats), "Mean absolute error vs d (Gaussian inputs)")
+    for ax, fmt in zip(axes, formats, strict=True):
+        for key in HEADLINE:
+            pts = sorted(
+                (r["d"], r["mean_abs"], r["label"])
+                for r in rows
+                if r["format"] == fmt and _key(r) == key
+            )
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=pts[0][2], **_style(key))
+        ax.set(title=fmt, xscale="log", yscale="log", xlabel="d", ylabel="mean |error|")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=6)
+    return _save(fig, out / "precision.png")
+
+
+def plot_cost(results: dict, out: Path, plt) -> Path:
+    rows = [
+        r
+        for r in results["precision"]
+        if r["input"] == "gaussian" and r["mode"] == "scalar" and r["method"] != "exact"
+    ]
+    dims = sorted({r["d"] for r in rows})
+    d = COST_D if COST_D in dims else dims[len(dims) // 2]
+    rows = [r for r in rows if r["d"] == d]
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    fig, axes = _grid(
+        plt, len(formats), f"Error vs multiplies per vector (d = {d}, {COST_INPUT} inputs)"
+    )
+    markers = {"iterl2norm": "o", "fisr": "s", "invsqrt2": "^", "sqrt23": "D"}
+    for ax, fmt in zip(axes, formats, strict=True):
+        pts = [r for r in rows if r["format"] == fmt]
+        front = pareto([(r["multiplies"], r["mean_abs"]) for r in pts])
+        for r, on_front in zip(pts, front, strict=True):
+            color = (
+                "C3" if r["init"] == "magic" else ("C0" if r["method"] == "iterl2norm" else "C1")
+            )
+            ax.scatter(
+                r["multiplies"],
+                r["mean_abs"],
+                marker=markers[r["method"]],
+                color=color,
+                edgecolor="k" if on_front else "none",
+                s=30,
+                zorder=3,
+            )
+            ax.annotate(
+                r["label"].replace(" steps", "").replace(" step", ""),
+                (r["multiplies"], r["mean_abs"]),
+                fontsize=5,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+        fr = sorted((r["multiplies"], r["mean_abs"]) for r, f in zip(pts, front, strict=True) if f)
+        ax.step(
+            [p[0] for p in fr],
+            [p[1] for p in fr],
+            where="post",
+            color="k",
+            lw=0.8,
+            alpha=0.6,
+            label="Pareto front",
+        )
+        ax.set(title=fmt, yscale="log", xlabel="multiplies per vector", ylabel="mean |error|")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=6)
+    return _save(fig, out / "cost.png")
+
+
+def plot_modes(results: dict, out: Path, plt) -> Path:
+    rows = [
+        r
+        for r in results["precision"]
+        if r["input"] == "gaussian" and r["method"] == "iterl2norm" and r["init"] == "exponent"
+    ]
+    dims = sorted({r["d"] for r in rows})
+    d = COST_D if COST_D in dims else dims[len(dims) // 2]
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    fig, axes = _grid(plt, len(formats), f"Scalar vs vector mode (d = {d}, {COST_INPUT} inputs)")
+    for ax, fmt in zip(axes, formats, strict=True):
+        for mode, style in (("scalar", "-o"), ("vector", "--s")):
+            pts = sorted(
+                (r["steps"], r["mean_abs"])
+                for r in rows
+                if r["format"] == fmt and r["d"] == d and r["mode"] == mode
+            )
+            ax.plot(*zip(*pts, strict=True), style, ms=3, label=f"{mode} mode")
+        ax.set(title=fmt, yscale="log", xlabel="steps", ylabel="mean |error|")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    return _save(fig, out / "modes.png")
+
+
+def plot_convergence(results: dict, out: Path, plt, by: str) -> Path:
+    rows = results["convergence"]
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    if by == "init":
+        select, curves, name = (lambda r: r["update_rate"] == 0.5), "init", "convergence.png"
+        title = "Worst relative error of q^-1/2 over every q (update rate 1/2)"
+    else:
+        select, curves, name = (
+            (lambda r: r["init"] == "exponent"),
+            "update_rate",
+            "convergence_rates.png",
+        )
+        title = "Worst relative error of q^-1/2 over every q (exponent start)"
+    fig, axes = _grid(plt, len(formats), title)
+    from ..formats import get_format
+
+    for ax, fmt in zip(axes, formats, strict=True):
+        sel = [r for r in rows if r["format"] == fmt and select(r)]
+        for value in dict.fromkeys(r[curves] for r in sel):
+            pts = sorted(
+                (r["steps"], max(r["worst_rel"], 1e-18)) for r in sel if r[curves] == value
+            )
+            label = f"rate {value:g}" if curves == "update_rate" else f"{value} start"
+            ax.plot(*zip(*pts, strict=True), "-o", ms=3, label=label)
+        ax.axhline(get_format(fmt).eps, color="k", lw=0.8, ls=":", label="1 ulp of 1")
+        ax.set(title=fmt, yscale="log", xlabel="steps", ylabel="worst |a sqrt(q) - 1|")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    return _save(fig, out / name)
+
+
+def plot_all(results: dict, out: Path) -> list[Path]:
+    """Every figure the results support; returns their paths."""
+    plt = _pyplot()
+    paths = []
+    if results["precision"]:
+        if any(r["input"] == "gaussian" for r in results["precision"]):
+            paths += [
+                plot_precision(results, out, plt),
+                plot_cost(results, out, plt),
+                plot_modes(results, out, plt),
+            ]
+    if results["convergence"]:
+        paths += [
+            plot_convergence(results, out, plt, "init"),
+            plot_convergence(results, out, plt, "rate"),
+        ]
+    plt.close("all")
+    return paths
