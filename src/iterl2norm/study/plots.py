@@ -69,7 +69,7 @@ def plot_cost(results: dict, out: Path, plt) -> Path:
     rows = [
         r
         for r in results["precision"]
-        if r["input"] == "gaussian" and r["mode"] == "scalar" and r["method"] != "exact"
+        if r["input"] == COST_INPUT and r["mode"] == "scalar" and r["method"] != "exact"
     ]
     dims = sorted({r["d"] for r in rows})
     d = COST_D if COST_D in dims else dims[len(dims) // 2]
@@ -78,30 +78,40 @@ def plot_cost(results: dict, out: Path, plt) -> Path:
     fig, axes = _grid(
         plt, len(formats), f"Error vs multiplies per vector (d = {d}, {COST_INPUT} inputs)"
     )
-    markers = {"iterl2norm": "o", "fisr": "s", "invsqrt2": "^", "sqrt23": "D"}
+    # (marker, color, legend label) per kind of point
+    kinds = {
+        ("iterl2norm", "exponent"): ("o", "C0", "IterL2Norm (exponent start)"),
+        ("iterl2norm", "magic"): ("o", "C3", "IterL2Norm (magic start)"),
+        ("fisr", "-"): ("s", "C1", "FISR"),
+        ("invsqrt2", "-"): ("^", "C2", "InvSqrt2"),
+        ("sqrt23", "-"): ("D", "C4", "SQRT_23-bits"),
+    }
     for ax, fmt in zip(axes, formats, strict=True):
         pts = [r for r in rows if r["format"] == fmt]
         front = pareto([(r["multiplies"], r["mean_abs"]) for r in pts])
+        labelled = set()
         for r, on_front in zip(pts, front, strict=True):
-            color = (
-                "C3" if r["init"] == "magic" else ("C0" if r["method"] == "iterl2norm" else "C1")
-            )
+            marker, color, kind = kinds[r["method"], r["init"]]
             ax.scatter(
                 r["multiplies"],
                 r["mean_abs"],
-                marker=markers[r["method"]],
+                marker=marker,
                 color=color,
-                edgecolor="k" if on_front else "none",
                 s=30,
+                edgecolor="k" if on_front else "none",
                 zorder=3,
+                label=None if kind in labelled else kind,
             )
-            ax.annotate(
-                r["label"].replace(" steps", "").replace(" step", ""),
-                (r["multiplies"], r["mean_abs"]),
-                fontsize=5,
-                xytext=(3, 2),
-                textcoords="offset points",
-            )
+            labelled.add(kind)
+            if on_front:  # name the points worth choosing; the legend covers the rest
+                ax.annotate(
+                    f"{r['steps']}",
+                    (r["multiplies"], r["mean_abs"]),
+                    fontsize=6,
+                    xytext=(4, 2),
+                    textcoords="offset points",
+                )
+
         fr = sorted((r["multiplies"], r["mean_abs"]) for r, f in zip(pts, front, strict=True) if f)
         ax.step(
             [p[0] for p in fr],
@@ -122,7 +132,7 @@ def plot_modes(results: dict, out: Path, plt) -> Path:
     rows = [
         r
         for r in results["precision"]
-        if r["input"] == "gaussian" and r["method"] == "iterl2norm" and r["init"] == "exponent"
+        if r["input"] == COST_INPUT and r["method"] == "iterl2norm" and r["init"] == "exponent"
     ]
     dims = sorted({r["d"] for r in rows})
     d = COST_D if COST_D in dims else dims[len(dims) // 2]
@@ -178,12 +188,12 @@ def plot_all(results: dict, out: Path) -> list[Path]:
     plt = _pyplot()
     paths = []
     if results["precision"]:
-        if any(r["input"] == "gaussian" for r in results["precision"]):
-            paths += [
-                plot_precision(results, out, plt),
-                plot_cost(results, out, plt),
-                plot_modes(results, out, plt),
-            ]
+        inputs = {r["input"] for r in results["precision"]}
+        if "gaussian" in inputs:
+            paths.append(plot_precision(results, out, plt))
+        if COST_INPUT in inputs:
+            paths += [plot_cost(results, out, plt), plot_modes(results, out, plt)]
+
     if results["convergence"]:
         paths += [
             plot_convergence(results, out, plt, "init"),
