@@ -78,7 +78,10 @@ def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, 
             # centres to exactly zero, as in torch (whose mean is a running one):
             # with BERT's eps = 1e-12, sum * (1/d)'s rounding would otherwise be
             # normalized up to O(1).
-            first = xs[..., :1]
+            # The shift cancels in exact arithmetic; detached, it also keeps the
+            # gradient of the mean at exactly 1/d instead of 1 - (d - 1)/d.
+            first = xs[..., :1].detach()
+
             mean = first + (xs - first).sum(dim=-1, keepdim=True) * ar.const_acc(inv_d)
         v = ar.sub_once(xs, mean)
     out = iterate(v, ar, settings, inv_d=inv_d, eps=eps, shift=shift)
