@@ -75,7 +75,6 @@ def test_matches_torch_forward_and_backward(shape, normalized, torch_cls, iter_c
         torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol * scale)
 
 
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_16_bit_inputs_match_torch_within_one_ulp(dtype):
     x = torch.randn(8, 512, generator=torch.Generator().manual_seed(0)).to(dtype)

@@ -223,7 +223,6 @@ def _modes_section(rows: list[dict], formats: list[str], dims: list[int]) -> lis
         "Scalar mode iterates on the scale a and multiplies the vector once; vector mode "
         "updates every element every step (and reduces |z|^2 again each step). Equal in "
         f"exact arithmetic; the difference is rounding. Inputs: {COST_INPUT}, d = {d}.",
-
         "",
         "![modes](modes.png)",
         "",
