@@ -25,8 +25,8 @@ demo: install
 	$(BIN)/iterl2norm demo
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 test: lint
 	$(BIN)/python -m pytest

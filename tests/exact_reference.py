@@ -119,6 +119,23 @@ def euler(qn, a, fmt, rates):
     return a
 
 
+def table_start(qn: Fraction, fmt: Format, table) -> Fraction:
+    segments = len(table[0])
+    even = qn >= 1
+    mantissa = qn if even else 2 * qn
+    index = min(math.floor((mantissa - 1) * segments), segments - 1)
+    c0, c1 = (rne(Fraction(c), fmt) for c in table[int(even)][index])
+    return rne(c0 - rne(c1 * qn, fmt), fmt)
+
+
+def correction(qn, a, fmt, constants):
+    for gamma, beta in constants:
+        u = rne(rne(a * a, fmt) * qn, fmt)
+        e = rne(rne(Fraction(gamma), fmt) - rne(rne(Fraction(beta), fmt) * u, fmt), fmt)
+        a = rne(a + rne(a * e, fmt), fmt)
+    return a
+
+
 def newton(qn, r, fmt, ks):
     h = rne(qn / 2, fmt)
     for k in ks:
@@ -184,6 +201,13 @@ def normalize(
         return z[: len(v)]
     if kind == "iter":
         r = euler(qn, initial(qn, fmt, method["init"], method["magic"]), fmt, method["rates"])
+    elif kind == "schedule":
+        a0 = (
+            table_start(qn, fmt, method["table"])
+            if method["start"] == "table"
+            else initial(qn, fmt, method["start"], method["magic"])
+        )
+        r = correction(qn, a0, fmt, method["steps"])
     elif kind == "newton":
         r = newton(qn, magic_start(qn, fmt, method["magic"]), fmt, method["ks"])
     elif kind == "cubic":

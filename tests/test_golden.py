@@ -25,6 +25,7 @@ from iterl2norm import (
 )
 from iterl2norm.formats import FORMATS, fisr_magic, round_to_format
 from iterl2norm.rsqrt import INVSQRT2_KS, INVSQRT2_MAGIC_FP32, SQRT23_COEFFS, SQRT23_MAGIC_FP32
+from iterl2norm.schedules import SCHEDULES
 
 # (fmt, acc_fmt or None for the default)
 POLICIES = [
@@ -100,6 +101,26 @@ ITER_CASES = [
         {"kind": "vector", "init": "magic", "rates": [0.25] * 2},
     ),
 ]
+
+
+@pytest.mark.parametrize(("fmt", "acc"), POLICIES)
+@pytest.mark.parametrize("name", [n for n in SCHEDULES if n != "paper"])
+def test_schedules_equal_exact_model(fmt, acc, name):
+    F, A = FORMATS[fmt], FORMATS[default_acc(fmt, acc)]
+    schedule = SCHEDULES[name]
+    for steps in (0, 1, 3):
+        method = {
+            "kind": "schedule",
+            "start": schedule.start,
+            "table": schedule.table,
+            "steps": schedule.step_constants(steps),
+            "magic": fisr_magic(F),
+        }
+        for d in (1, 7, 33):
+            x = sample_rows(fmt, d, seed=300 + d)
+            ours = iterl2norm(x, steps=steps, schedule=name, fmt=fmt, acc_fmt=acc)
+            expected = [ref.normalize(fractions(row), F, A, method) for row in x]
+            assert_rows_equal(ours, expected, f"{fmt}/{acc} {name} steps={steps} d={d}")
 
 
 @pytest.mark.parametrize(("fmt", "acc"), POLICIES)

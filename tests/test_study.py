@@ -25,7 +25,12 @@ from iterl2norm import (
 from iterl2norm.cli import main
 from iterl2norm.formats import FORMATS
 from iterl2norm.study import OPT_DIMS
-from iterl2norm.study.convergence import correctly_rounded_rsqrt, every_q, steps_to_converge
+from iterl2norm.study.convergence import (
+    correctly_rounded_rsqrt,
+    every_q,
+    full_precision_steps,
+    steps_to_converge,
+)
 from iterl2norm.study.inputs import make_inputs
 from iterl2norm.study.precision import method_runs, outputs
 from iterl2norm.study.report import pareto, wins
@@ -52,6 +57,8 @@ def test_quick_study_writes_every_output(quick):
         "modes.png",
         "convergence.png",
         "convergence_rates.png",
+        "fewer_steps.png",
+        "methods.csv",
     ):
         assert (out / name).stat().st_size > 0, name
     for png in out.glob("*.png"):
@@ -63,6 +70,7 @@ def test_quick_study_writes_every_output(quick):
         "## 3.",
         "## 4.",
         "## 5.",
+        "## 6.",
         "6/9",
         "5/9",
         "iterl2norm study --quick",
@@ -91,6 +99,18 @@ def test_quick_study_has_every_cell_and_finite_numbers(quick):
     for row in results["convergence"]:
         assert math.isfinite(row["worst_rel"]) and math.isfinite(row["worst_ulps"])
     assert results["config"]["seed"] == 0 and results["environment"]["torch"]
+
+
+def test_quick_study_compares_schedules_and_peers(quick):
+    _, results = quick
+    full = full_precision_steps(results["methods"])
+    methods = {m for _, m in full}
+    assert {"paper", "minimax", "table", "FISR", "InvSqrt2", "SQRT_23-bits"} <= methods
+    for fmt in FORMATS_STUDIED:
+        # The table start reaches full precision in fewer steps than the paper's.
+        assert full[fmt, "table"] is not None and full[fmt, "paper"] is not None
+        assert full[fmt, "table"] <= full[fmt, "paper"]
+    assert all(math.isfinite(r["worst_rel"]) for r in results["methods"])
 
 
 def test_fp32_error_falls_as_steps_grow(quick):

@@ -18,6 +18,7 @@ import torch
 from ._arith import Arithmetic
 from .formats import FORMATS, Format, get_format
 from .rsqrt import INITS
+from .schedules import get_schedule
 
 MODES = ("scalar", "vector")
 
@@ -67,6 +68,9 @@ class IterSettings:
             whole vector z every step).
         fmt: datapath format for bit-accurate emulation, or None for native.
         acc_fmt: accumulation format of the reductions (needs ``fmt``).
+        schedule: a named start and per-step constants (``iterl2norm.schedules``)
+            in place of ``init`` and ``update_rate``; ``"paper"`` or None for
+            those two.
     """
 
     steps: int = 5
@@ -75,6 +79,7 @@ class IterSettings:
     mode: str = "scalar"
     fmt: Format | str | torch.dtype | None = None
     acc_fmt: Format | str | torch.dtype | None = None
+    schedule: str | None = None
 
     def __post_init__(self):
         steps = check_int(self.steps, "steps")
@@ -94,6 +99,21 @@ class IterSettings:
             raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        schedule = self.schedule
+        if schedule is not None:
+            schedule = get_schedule(schedule)
+            if schedule.name == "paper":
+                schedule = None  # the paper's settings are the defaults
+            elif self.init != "exponent" or rate != 0.5:
+                raise ValueError(
+                    f"schedule={schedule.name!r} sets the start and every step's constants; "
+                    f"leave init and update_rate at their defaults (got init={self.init!r}, "
+                    f"update_rate={self.update_rate!r})"
+                )
+            elif self.mode != "scalar":
+                raise ValueError(
+                    f"schedule={schedule.name!r} runs in scalar mode only, got mode={self.mode!r}"
+                )
         fmt = optional_format(self.fmt, "fmt")
         acc = optional_format(self.acc_fmt, "acc_fmt")
         Arithmetic.resolve(torch.float32, fmt, acc)  # checks the pair, so modules fail early
@@ -102,6 +122,7 @@ class IterSettings:
             ("update_rate", rate),
             ("fmt", fmt),
             ("acc_fmt", acc),
+            ("schedule", schedule),
         ):
             object.__setattr__(self, name, value)
 

@@ -28,6 +28,7 @@ class Cost:
             hardware, e.g. an update rate of 1/2).
         integer_ops: integer operations on bit patterns (the magic-constant start).
         compares: mantissa comparisons (the exponent+mantissa start).
+        table_entries: constants a table start keeps in ROM.
         sqrts, divides: square roots and divisions (the exact method only).
     """
 
@@ -38,6 +39,7 @@ class Cost:
     compares: int = 0
     sqrts: int = 0
     divides: int = 0
+    table_entries: int = 0  # constants held in ROM (a table start)
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(
@@ -72,6 +74,26 @@ def _vector_step(rate: float, d: int) -> Cost:
     return Cost(multiplies=2 * d, adds=(d - 1) + 1 + d) + lam
 
 
+def _correction_step(gamma: float, beta: float) -> Cost:
+    # a*a, *q, a*e, plus beta*u unless beta = 2**k; gamma - v and a + h.
+    scale = Cost(pow2_scalings=1) if _is_pow2(beta) else Cost(multiplies=1)
+    return Cost(multiplies=3, adds=2) + scale
+
+
+def schedule_cost(name: str, steps: int) -> Cost:
+    """A named schedule's start and ``steps`` correction steps (iterl2norm.schedules)."""
+    from .schedules import get_schedule
+
+    schedule = get_schedule(name)
+    if schedule.name == "paper":
+        return estimate_cost("iterl2norm", steps)
+    if schedule.start == "table":  # c0 - c1 * qn
+        start = Cost(multiplies=1, adds=1, table_entries=schedule.table_entries)
+    else:
+        start = _INIT_COST[schedule.start]
+    return start + sum((_correction_step(g, b) for g, b in schedule.step_constants(steps)), Cost())
+
+
 def estimate_cost(
     method: str,
     steps: int,
@@ -80,20 +102,24 @@ def estimate_cost(
     update_rate: float | Sequence[float] = 0.5,
     mode: str = "scalar",
     d: int | None = None,
+    schedule: str | None = None,
 ) -> Cost:
     """Operations ``method`` spends per vector beyond the shared work.
 
     ``method`` is ``"iterl2norm"``, ``"fisr"``, ``"invsqrt2"``, ``"sqrt23"`` or
     ``"exact"``. Vector mode (``mode="vector"``) also needs ``d``: each of its
     steps reduces and rescales the whole vector, and it has no final scaling
-    (its d initial multiplies z_0 = vs * a_0 take that place).
+    (its d initial multiplies z_0 = vs * a_0 take that place). ``schedule``
+    (IterL2Norm only) names a preset of :mod:`iterl2norm.schedules`.
 
-    >>> estimate_cost("iterl2norm", 5)
-    Cost(multiplies=15, adds=10, pow2_scalings=5, integer_ops=0, compares=0, sqrts=0, divides=0)
-    >>> estimate_cost("fisr", 1).multiplies
-    3
-    """
+    >>> estimate_cost("iterl2norm", 5).multiplies, estimate_cost("fisr", 1).multiplies
+    (15, 3)
+    >>> estimate_cost("iterl2norm", 2, schedule="table")
+    Cost(multiplies=7, adds=5, pow2_scalings=2, integer_ops=0, compares=0, sqrts=0, divides=0, table_entries=32)
+    """  # noqa: E501
     rates = tuple(update_rate) if isinstance(update_rate, Sequence) else (update_rate,) * steps
+    if method == "iterl2norm" and schedule is not None:
+        return schedule_cost(schedule, steps)
     if method == "iterl2norm":
         if mode == "vector":
             if d is None:

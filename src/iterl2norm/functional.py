@@ -105,6 +105,7 @@ def layer_norm(
     mode: str = "scalar",
     fmt=None,
     acc_fmt=None,
+    schedule: str | None = None,
 ):
     r"""Layer normalization with IterL2Norm in place of the inverse square root.
 
@@ -118,7 +119,8 @@ def layer_norm(
         normalized_shape: trailing shape to normalize over.
         weight, bias: optional elementwise affine parameters of that shape.
         eps: added to the variance. Default: 1e-5.
-        steps, update_rate, init, mode, fmt, acc_fmt: see :func:`~iterl2norm.iterl2norm`.
+        steps, update_rate, init, mode, fmt, acc_fmt, schedule: see
+            :func:`~iterl2norm.iterl2norm`.
 
     Emulated (``fmt`` set): mean and variance come out of the accumulator
     (sum * (1/d), + eps), x - mean is rounded once to ``fmt``, the iteration
@@ -128,7 +130,7 @@ def layer_norm(
     >>> layer_norm(x, (4,))
     tensor([[-1.3416, -0.4472,  0.4472,  1.3416]])
     """
-    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
+    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
     eps = check_float(eps, "eps")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
@@ -147,6 +149,7 @@ def rms_norm(
     mode: str = "scalar",
     fmt=None,
     acc_fmt=None,
+    schedule: str | None = None,
 ):
     r"""RMS normalization with IterL2Norm in place of the inverse square root.
 
@@ -158,7 +161,7 @@ def rms_norm(
     >>> rms_norm(torch.tensor([[3.0, 4.0]]), (2,))
     tensor([[0.8485, 1.1314]])
     """
-    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
+    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
     if eps is None:
         # torch takes the epsilon of the dtype it computes in: float32 for
         # 16-bit inputs (whose own epsilon would swamp small activations).

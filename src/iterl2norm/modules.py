@@ -29,25 +29,13 @@ class _IterNorm(nn.Module):
     """Shared state of the two norms: shape, eps, affine parameters, settings."""
 
     def __init__(
-        self,
-        normalized_shape,
-        eps,
-        elementwise_affine,
-        bias,
-        device,
-        dtype,
-        steps,
-        update_rate,
-        init,
-        mode,
-        fmt,
-        acc_fmt,
+        self, normalized_shape, eps, elementwise_affine, bias, device, dtype, settings: IterSettings
     ):
         super().__init__()
         self.normalized_shape = _as_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        self.settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
+        self.settings = settings
         factory = {"device": device, "dtype": dtype}
         if elementwise_affine:
             self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
@@ -75,16 +63,22 @@ class _IterNorm(nn.Module):
             "mode": s.mode,
             "fmt": s.fmt,
             "acc_fmt": s.acc_fmt,
+            "schedule": s.schedule,
         }
 
     def extra_repr(self) -> str:
         s = self.settings
         fmt = "native" if s.fmt is None else s.fmt.name
         acc = "" if s.acc_fmt is None else f", acc_fmt={s.acc_fmt.name}"
+        method = (
+            f"update_rate={s.update_rate}, init={s.init}"
+            if s.schedule is None
+            else f"schedule={s.schedule.name}"
+        )
         return (
             f"{self.normalized_shape}, eps={self.eps}, "
             f"elementwise_affine={self.elementwise_affine}, steps={s.steps}, "
-            f"update_rate={s.update_rate}, init={s.init}, mode={s.mode}, fmt={fmt}{acc}"
+            f"{method}, mode={s.mode}, fmt={fmt}{acc}"
         )
 
     @classmethod
@@ -112,9 +106,9 @@ class IterLayerNorm(_IterNorm):
         eps: added to the variance. Default: 1e-5.
         elementwise_affine: learnable weight (ones) and bias (zeros). Default: True.
         bias: with ``elementwise_affine``, whether to learn a bias. Default: True.
-        steps, update_rate, init, mode, fmt, acc_fmt: the iteration settings of
-            :func:`~iterl2norm.iterl2norm`. Defaults: 5, 0.5, "exponent",
-            "scalar", native, default accumulation.
+        steps, update_rate, init, mode, fmt, acc_fmt, schedule: the iteration
+            settings of :func:`~iterl2norm.iterl2norm`. Defaults: 5, 0.5,
+            "exponent", "scalar", native, default accumulation, None.
 
     Shape:
         Input (*, *normalized_shape); output the same.
@@ -142,21 +136,10 @@ class IterLayerNorm(_IterNorm):
         mode: str = "scalar",
         fmt=None,
         acc_fmt=None,
+        schedule: str | None = None,
     ):
-        super().__init__(
-            normalized_shape,
-            eps,
-            elementwise_affine,
-            bias,
-            device,
-            dtype,
-            steps,
-            update_rate,
-            init,
-            mode,
-            fmt,
-            acc_fmt,
-        )
+        settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype, settings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(
@@ -181,7 +164,7 @@ class IterRMSNorm(_IterNorm):
         normalized_shape: trailing shape to normalize over.
         eps: added to mean(x^2); None means ``torch.finfo(x.dtype).eps``. Default: None.
         elementwise_affine: learnable weight (ones). Default: True.
-        steps, update_rate, init, mode, fmt, acc_fmt: see :class:`IterLayerNorm`.
+        steps, update_rate, init, mode, fmt, acc_fmt, schedule: see :class:`IterLayerNorm`.
 
     Examples:
         >>> IterRMSNorm(2)(torch.tensor([[3.0, 4.0]]))
@@ -202,21 +185,10 @@ class IterRMSNorm(_IterNorm):
         mode: str = "scalar",
         fmt=None,
         acc_fmt=None,
+        schedule: str | None = None,
     ):
-        super().__init__(
-            normalized_shape,
-            eps,
-            elementwise_affine,
-            False,
-            device,
-            dtype,
-            steps,
-            update_rate,
-            init,
-            mode,
-            fmt,
-            acc_fmt,
-        )
+        settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+        super().__init__(normalized_shape, eps, elementwise_affine, False, device, dtype, settings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.normalized_shape, self.weight, self.eps, **self._iter_kwargs())

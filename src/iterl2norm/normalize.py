@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from . import rsqrt
+from . import rsqrt, schedules
 from ._arith import Arithmetic
 from ._pipeline import divide_output, front_end, normalize_scalar, normalize_vector
 from ._validation import IterSettings, as_tensor, check_dim, check_int, optional_format
@@ -71,8 +71,14 @@ def iterate(v: torch.Tensor, ar: Arithmetic, settings: IterSettings, **stats) ->
     """IterL2Norm on the rows of carrier tensor ``v`` in the mode ``settings`` asks for."""
     if settings.mode == "vector":
         return normalize_vector(v, ar, init=settings.init, rates=settings.rates, **stats)
-    estimate = partial(rsqrt.iteration, rates=settings.rates, init=settings.init)
-    return normalize_scalar(v, ar, estimate, **stats)
+    return normalize_scalar(v, ar, scalar_estimate(settings), **stats)
+
+
+def scalar_estimate(settings: IterSettings):
+    """The estimate of qn**-0.5 that ``settings`` describe, as f(qn, ar)."""
+    if settings.schedule is not None:
+        return partial(schedules.estimate, schedule=settings.schedule, steps=settings.steps)
+    return partial(rsqrt.iteration, rates=settings.rates, init=settings.init)
 
 
 def iterl2norm(
@@ -85,6 +91,7 @@ def iterl2norm(
     mode: str = "scalar",
     fmt=None,
     acc_fmt=None,
+    schedule: str | None = None,
 ):
     r"""L2-normalize ``x`` along ``dim`` by IterL2Norm, with no square root or division.
 
@@ -109,6 +116,10 @@ def iterl2norm(
             compute natively. Default: None.
         acc_fmt: accumulation format of the reductions; needs ``fmt``.
             Default: fp32 for 8- and 16-bit ``fmt``, else ``fmt``.
+        schedule: a named start and per-step constants in place of ``init``
+            and ``update_rate`` (``"minimax"``, ``"minimax-mantissa"``,
+            ``"minimax-magic"``, ``"table"``; see :mod:`iterl2norm.schedules`).
+            Default: None, the paper's settings.
 
     Returns:
         The same kind as ``x`` (tensor or array). Native: ``x``'s dtype.
@@ -128,7 +139,7 @@ def iterl2norm(
         tensor([[0.5391, 0.7188],
                 [0.0000, 0.0000]])
     """
-    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt)
+    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
     return run_rows(x, dim, settings.fmt, settings.acc_fmt, lambda v, ar: iterate(v, ar, settings))
 
 
@@ -238,19 +249,22 @@ def iter_rsqrt(
     update_rate: float | Sequence[float] = 0.5,
     init: str = "exponent",
     fmt=None,
+    schedule: str | None = None,
 ) -> torch.Tensor:
     """Elementwise q**-0.5 by IterL2Norm's scalar iteration, for q > 0.
 
     The building block of :func:`iterl2norm` on its own: the exponent of q
     is split off exactly, the iteration runs on the normalized value, and
-    the power of two is restored. ``fmt`` selects bit-accurate emulation as
-    in :func:`iterl2norm`. Returns NaN for q < 0 or NaN, inf for q = 0 and 0
+    the power of two is restored. ``fmt`` and ``schedule`` as in
+    :func:`iterl2norm`. Returns NaN for q < 0 or NaN, inf for q = 0 and 0
     for q = inf.
 
     >>> iter_rsqrt(torch.tensor([4.0, 0.25, 1e-30]))
     tensor([5.0000e-01, 2.0000e+00, 1.0000e+15])
     """
-    settings = IterSettings(steps=steps, update_rate=update_rate, init=init, fmt=fmt)
+    settings = IterSettings(
+        steps=steps, update_rate=update_rate, init=init, fmt=fmt, schedule=schedule
+    )
     q, restore = as_tensor(q, "q")
     ar = Arithmetic.resolve(q.dtype, settings.fmt, None)
     qc = quantize_input(q.to(ar.carrier), ar)
@@ -258,7 +272,7 @@ def iter_rsqrt(
     qc_safe = torch.where(ok, qc, 1.0)
     j = rsqrt.exponent_split(qc_safe)
     qn = ar.rnd(ar.scale(qc_safe, -2 * j))
-    r = ar.rnd(ar.scale(rsqrt.iteration(qn, ar, rates=settings.rates, init=settings.init), -j))
+    r = ar.rnd(ar.scale(scalar_estimate(settings)(qn, ar), -j))
     special = torch.where(qc == 0, float("inf"), torch.where(qc == float("inf"), 0.0, float("nan")))
     r = torch.where(ok, r, special.to(r.dtype))
     return restore(r, ar.fmt if ar.emulated else None)

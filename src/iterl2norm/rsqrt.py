@@ -56,7 +56,28 @@ def initial_estimate(qn: torch.Tensor, ar: Arithmetic, init: str) -> torch.Tenso
     raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
 
 
+def table_start(qn: torch.Tensor, ar: Arithmetic, table) -> torch.Tensor:
+    """a_0 = c0 - c1 * qn, (c0, c1) from a table indexed by exponent parity
+    and the top mantissa bits (len(table[0]) segments per parity, a power of
+    two): the piecewise-linear start a hardware unit holds in ROM.
+
+    table[0] covers qn in [1/2, 1) (odd exponent of q), table[1] [1, 2); a
+    qn rounded up to 2 uses the last segment, whose fit holds up to 2.
+    """
+    segments = len(table[0])
+    coeffs = torch.tensor(
+        [[[ar.const(c) for c in pair] for pair in row] for row in table], dtype=qn.dtype
+    )  # (parity, segment, 2), datapath values
+    even = qn >= 1
+    mantissa = torch.where(even, qn, 2 * qn)  # the stored significand, in [1, 2]
+    index = ((mantissa - 1) * segments).floor().long().clamp(0, segments - 1)
+    c = coeffs[even.long(), index]  # (..., 2)
+    c0, c1 = c[..., 0], c[..., 1]
+    return ar.rnd(c0 - ar.rnd(c1 * qn.detach()))
+
+
 def _smallest_at_least_sqrt2(fmt: Format) -> float:
+
     # The comparison must be exact: compare with the first format value >= sqrt(2).
     # float(sqrt(2)) lies above sqrt(2), so any narrower value below it is below sqrt(2).
     t = round_scalar(math.sqrt(2), fmt)

@@ -19,7 +19,7 @@ import torch
 
 from .. import __version__
 from ..formats import get_format
-from .convergence import INITS, RATES, convergence_rows
+from .convergence import INITS, RATES, convergence_rows, method_rows
 from .inputs import KINDS, load_rows, make_inputs
 from .precision import precision_rows
 
@@ -46,6 +46,14 @@ class StudyConfig:
     inits: tuple[str, ...] = INITS
     rates: tuple[float, ...] = RATES
     fp32_stride: int = 1  # convergence: every stride-th fp32 mantissa (1: all 2**24)
+    schedules: tuple[str, ...] = (
+        "paper",
+        "minimax",
+        "minimax-mantissa",
+        "minimax-magic",
+        "table",
+    )  # convergence: beside FISR, InvSqrt2, SQRT_23-bits
+
     quick: bool = False
     parts: tuple[str, ...] = field(default=PARTS)
 
@@ -116,6 +124,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
         "environment": environment(),
         "precision": [],
         "convergence": [],
+        "methods": [],
     }
     bar = _progress(len(tasks), progress)
     for part, fmt, kind, d in tasks:
@@ -127,7 +136,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
                 x = round_to_format(file_rows, fmt)
             else:
                 # One seed per (input, d), shared by every format: the same
-                # vectors before rounding, so formats compare like for like.
+                # random draws before rounding, so formats compare like for like.
                 seed = config.seed + 1000 * KINDS.index(kind) + d
                 x = make_inputs(kind, d, config.vectors, fmt, seed)
             results["precision"] += precision_rows(x, fmt, config.max_steps, input=kind)
@@ -135,6 +144,9 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
             stride = config.fp32_stride if fmt == "fp32" else 1
             results["convergence"] += convergence_rows(
                 fmt, config.conv_steps, inits=config.inits, rates=config.rates, stride=stride
+            )
+            results["methods"] += method_rows(
+                fmt, config.conv_steps, schedules=config.schedules, stride=stride
             )
         bar.update()
     bar.close()

@@ -105,6 +105,80 @@ def convergence_rows(
     return rows
 
 
+PEERS = {  # name: (estimate(qn, ar, steps), steps to sweep)
+    "FISR": (lambda qn, ar, n: rsqrt.fisr(qn, ar, steps=n, magic=None), 3),
+    "InvSqrt2": (lambda qn, ar, n: rsqrt.invsqrt2(qn, ar, steps=n), 3),
+    "SQRT_23-bits": (lambda qn, ar, n: rsqrt.sqrt23(qn, ar, steps=n), 3),
+}
+
+
+def method_rows(
+    fmt: str, max_steps: int, *, schedules=(), peers=tuple(PEERS), stride: int = 1
+) -> list[dict]:
+    """Worst case per step of each named schedule and each peer, with the
+    multiplies each spends per vector (iterl2norm.cost)."""
+    from ..cost import estimate_cost
+    from ..schedules import estimate, get_schedule
+
+    q64 = every_q(fmt, stride)
+    exact = torch.sqrt(q64)
+    target = correctly_rounded_rsqrt(q64, fmt)
+    ulp = _ulp(target, fmt)
+    ar = _arithmetic(fmt)
+    qn = q64.to(ar.carrier)
+    named = {name: get_schedule(name) for name in schedules}
+    runs = [
+        (
+            name,
+            lambda n, s=named[name]: estimate(qn, ar, schedule=s, steps=n),
+            max_steps,
+            lambda n, name=name: estimate_cost("iterl2norm", n, schedule=name),
+        )
+        for name in schedules
+    ]
+    runs += [
+        (
+            name,
+            lambda n, f=PEERS[name][0]: f(qn, ar, n),
+            PEERS[name][1],
+            lambda n, name=name: estimate_cost(_PEER_COST[name], n),
+        )
+        for name in peers
+    ]
+    rows = []
+    for name, run, last, cost in runs:
+        for n in range(last + 1):
+            a64 = run(n).to(torch.float64)
+            rows.append(
+                {
+                    "format": fmt,
+                    "method": name,
+                    "steps": n,
+                    "inputs": q64.numel(),
+                    "stride": stride,
+                    "multiplies": cost(n).multiplies,
+                    "worst_rel": (a64 * exact - 1).abs().max().item(),
+                    "worst_ulps": ((a64 - target).abs() / ulp).max().item(),
+                }
+            )
+    return rows
+
+
+_PEER_COST = {"FISR": "fisr", "InvSqrt2": "invsqrt2", "SQRT_23-bits": "sqrt23"}
+
+
+def full_precision_steps(rows: list[dict]) -> dict[tuple[str, str], int | None]:
+    """First step at which every input is within 1 ulp of the correctly rounded
+    result, per (format, method) of :func:`method_rows`; None if none is."""
+    result: dict[tuple[str, str], int | None] = {}
+    for row in rows:
+        key = (row["format"], row["method"])
+        result.setdefault(key, None)
+        if result[key] is None and row["worst_ulps"] <= 1:
+            result[key] = row["steps"]
+    return result
+
+
 def steps_to_converge(rows: list[dict]) -> dict[tuple[str, str, float], int | None]:
     """First step with every input within 1 ulp of the correctly rounded result,
     per (format, init, rate); None if no step up to the last one gets there."""

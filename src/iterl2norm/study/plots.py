@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import COST_D, COST_INPUT, HEADLINE, _key, pareto
+from ..formats import get_format
+from .report import COST_D, COST_INPUT, HEADLINE, PEER_NAMES, _key, pareto
 
 
 def _pyplot():
@@ -166,7 +167,6 @@ def plot_convergence(results: dict, out: Path, plt, by: str) -> Path:
         )
         title = "Worst relative error of q^-1/2 over every q (exponent start)"
     fig, axes = _grid(plt, len(formats), title)
-    from ..formats import get_format
 
     for ax, fmt in zip(axes, formats, strict=True):
         sel = [r for r in rows if r["format"] == fmt and select(r)]
@@ -181,6 +181,48 @@ def plot_convergence(results: dict, out: Path, plt, by: str) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
     return _save(fig, out / name)
+
+
+def plot_methods(results: dict, out: Path, plt) -> Path:
+    rows = results["methods"]
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    fig, axes = _grid(plt, len(formats), "Worst relative error over every q vs multiplies")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, fmt in zip(axes, formats, strict=True):
+        pts = [r for r in rows if r["format"] == fmt]
+        front = pareto([(r["multiplies"], r["worst_rel"]) for r in pts])
+        for i, m in enumerate(methods):
+            sel = [(r["multiplies"], max(r["worst_rel"], 1e-18)) for r in pts if r["method"] == m]
+            peer = m in PEER_NAMES
+            ax.plot(
+                *zip(*sel, strict=True),
+                ls="--" if peer else "-",
+                marker="s" if peer else "o",
+                ms=3,
+                color=f"C{i}",
+                label=m,
+            )
+        fr = sorted((r["multiplies"], r["worst_rel"]) for r, f in zip(pts, front, strict=True) if f)
+        ax.step(
+            [p[0] for p in fr],
+            [p[1] for p in fr],
+            where="post",
+            color="k",
+            lw=2,
+            alpha=0.25,
+            label="Pareto front",
+        )
+        ax.axhline(get_format(fmt).eps, color="k", lw=0.8, ls=":", label="1 ulp of 1")
+        ax.set(
+            title=fmt,
+            yscale="log",
+            xlabel="multiplies per vector",
+            ylabel="worst |a sqrt(q) - 1|",
+            xlim=(-0.5, 20.5),
+        )
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=6)
+    return _save(fig, out / "fewer_steps.png")
 
 
 def plot_all(results: dict, out: Path) -> list[Path]:
@@ -199,5 +241,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
             plot_convergence(results, out, plt, "init"),
             plot_convergence(results, out, plt, "rate"),
         ]
+    if results.get("methods"):
+        paths.append(plot_methods(results, out, plt))
     plt.close("all")
     return paths

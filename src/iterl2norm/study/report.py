@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .._markdown import table
-from .convergence import steps_to_converge
+from .convergence import PEERS, full_precision_steps, steps_to_converge
 from .inputs import DESCRIPTIONS
 
 # The paper's win counts of IterL2Norm (5 steps) over FISR (1 step), out of 9.
@@ -21,7 +21,9 @@ HEADLINE = [  # (method, init, mode, steps) shown in the per-format precision ta
     ("sqrt23", "-", "scalar", 2),
     ("exact", "-", "scalar", 0),
 ]
+PEER_NAMES = tuple(PEERS)
 COST_D = 4096  # the d of the equal-cost and mode tables and plots
+
 # Unit Gaussian rows all have q close to d, so for them the exponent start's
 # error is a function of d alone (u_0 ~ 1 at d = 4096, ~ 1/2 at d = 2048). The
 # equal-cost and mode comparisons use randomly scaled rows, whose u_0 spread
@@ -349,6 +351,73 @@ def _convergence_section(results: dict) -> list[str]:
     ]
 
 
+def _methods_section(results: dict) -> list[str]:
+    rows = results.get("methods", [])
+    if not rows:
+        return []
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    peers = [m for m in methods if m in PEER_NAMES]
+    full = full_precision_steps(rows)
+    by = {(r["format"], r["method"], r["steps"]): r for r in rows}
+
+    def reach(fmt, method):
+        n = full[fmt, method]
+        return "never" if n is None else f"{n} ({by[fmt, method, n]['multiplies']})"
+
+    body = [[m, *(reach(f, m) for f in formats)] for m in methods]
+    best = []
+    for fmt in formats:
+
+        def cheapest(names, fmt=fmt):
+            hits = [
+                (by[fmt, m, full[fmt, m]]["multiplies"], full[fmt, m], m)
+                for m in names
+                if full[fmt, m] is not None
+            ]
+            return min(hits) if hits else None
+
+        ours = cheapest([m for m in methods if m not in PEER_NAMES])
+        theirs = cheapest(peers)
+        show = lambda hit: "-" if hit is None else f"{hit[2]}: {hit[1]} steps, {hit[0]}"  # noqa: E731
+        best.append([fmt, show(ours), show(theirs)])
+    out = [
+        "## 6. Fewer steps: schedules against the peers",
+        "",
+        "Each schedule of `iterl2norm.schedules` (a start and per-step constants derived "
+        "minimax by `scripts/derive_schedules.py`) and each peer, worst case over every q "
+        "as in section 5. Full precision: every input within 1 ulp of the correctly rounded "
+        "q^-1/2. In brackets: multiplies per vector beyond the shared work.",
+        "",
+        "Steps to full precision (multiplies):",
+        "",
+        table(["method", *formats], body),
+        "",
+        "Cheapest way to full precision, by multiplies (then steps):",
+        "",
+        table(["format", "IterL2Norm schedules", "peers"], best),
+        "",
+        "![worst case against multiplies](fewer_steps.png)",
+        "",
+    ]
+    for fmt in formats:
+        last = max(r["steps"] for r in rows if r["format"] == fmt)
+        body = []
+        for m in methods:
+            cells = []
+            for n in range(last + 1):
+                r = by.get((fmt, m, n))
+                cells.append("" if r is None else f"{r['worst_rel']:.1e} ({r['multiplies']})")
+            body.append([m, *cells])
+        out += [
+            f"Worst relative error after each step (multiplies), {fmt}:",
+            "",
+            table(["method", *(f"step {n}" for n in range(last + 1))], body),
+            "",
+        ]
+    return out
+
+
 def render(results: dict, command: str) -> str:
     """The Markdown report."""
     cfg, env = results["config"], results["environment"]
@@ -383,6 +452,7 @@ def render(results: dict, command: str) -> str:
     ]
     lines += _precision_section(results)
     lines += _convergence_section(results)
+    lines += _methods_section(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -393,7 +463,7 @@ def write(results: dict, out: Path, command: str, plots: bool = True) -> list[Pa
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
     written.append(path)
-    for part in ("precision", "convergence"):
+    for part in ("precision", "convergence", "methods"):
         rows = results[part]
         if rows:
             path = out / f"{part}.csv"
