@@ -363,7 +363,9 @@ def _methods_section(results: dict) -> list[str]:
 
     def reach(fmt, method):
         n = full[fmt, method]
-        return "never" if n is None else f"{n} ({by[fmt, method, n]['multiplies']})"
+        if n is None:  # not within the steps swept
+            return f"> {max(r['steps'] for r in rows if r['method'] == method)}"
+        return f"{n} ({by[fmt, method, n]['multiplies']})"
 
     body = [[m, *(reach(f, m) for f in formats)] for m in methods]
     best = []
@@ -413,6 +415,25 @@ def _methods_section(results: dict) -> list[str]:
             f"Worst relative error after each step (multiplies), {fmt}:",
             "",
             table(["method", *(f"step {n}" for n in range(last + 1))], body),
+            "",
+        ]
+    budgets = (3, 4, 6, 7, 8, 12)
+    for fmt in formats:
+        body = []
+        for m in methods:
+            cells = []
+            for budget in budgets:
+                within = [
+                    r["worst_rel"]
+                    for r in rows
+                    if r["format"] == fmt and r["method"] == m and r["multiplies"] <= budget
+                ]
+                cells.append(f"{min(within):.1e}" if within else "-")
+            body.append([m, *cells])
+        out += [
+            f"At equal multiplies: the smallest worst-case error within a budget, {fmt}:",
+            "",
+            table(["method", *(f"<= {b}" for b in budgets)], body),
             "",
         ]
     return out
