@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import pytest
 import torch
 
 import exact_reference as ref
@@ -71,3 +72,32 @@ def test_fp64_targets_round_to_nearest_not_to_odd():
     one, tiny = torch.tensor([1.0], dtype=torch.float64), torch.tensor([2.0**-60])
     assert ar.sub_once(one, tiny.double()).item() == 1.0
     assert round_scalar(Fraction(1, 5), "fp64") == 0.2
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"])
+def test_float32_carrier_equals_float64_carrier(fmt):
+    """8- and 16-bit emulation runs on a float32 carrier; the float64 carrier
+    (the general one) must give the same bits."""
+    from iterl2norm import rsqrt
+    from iterl2norm._pipeline import normalize_scalar, normalize_vector
+
+    fast = Arithmetic.resolve(torch.float32, fmt)
+    assert fast.carrier == torch.float32
+    slow = Arithmetic(fast.fmt, fast.acc, torch.float64, True)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 300, generator=gen, dtype=torch.float64)
+    x = x * torch.exp2(torch.randint(-20, 20, (64, 1), generator=gen)).double()
+    for ar in (fast, slow):
+        ar_x = ar.quantize(x)
+        estimate = lambda qn, a: rsqrt.iteration(qn, a, rates=[0.5] * 3, init="magic")  # noqa: E731
+        ar_out = (
+            normalize_scalar(ar_x, ar, estimate, inv_d=Fraction(1, 300), eps=1e-5),
+            normalize_vector(ar_x, ar, init="exponent", rates=[0.5] * 2),
+        )
+        if ar is fast:
+            fast_out = [o.double() for o in ar_out]
+        else:
+            for f, s in zip(fast_out, ar_out, strict=True):  # rows overflowing fp16 are NaN
+                assert torch.equal(f.isnan(), s.isnan()) and torch.equal(
+                    f[~f.isnan()], s[~s.isnan()]
+                )

@@ -4,16 +4,19 @@ Every algorithm in this package is written once, against :class:`Arithmetic`.
 Each operation result passes through ``rnd`` (datapath format) or ``rnd_acc``
 (accumulation format). In the native policy those are the identity and the
 carrier dtype's own IEEE arithmetic does the rounding; in the emulated policy
-the carrier is float64 and they round to the target format, which makes the
-result of every operation the correctly rounded result in that format:
+they round to the target format, which makes the result of every operation
+the correctly rounded result in that format. The carrier is float64, or
+float32 for 8- and 16-bit datapaths that accumulate in float32 or narrower
+(with PyTorch's own, exhaustively checked, casts doing the rounding):
 
-- products of two values of at most 26 significant bits are exact in float64,
-  so rounding them afterwards rounds once;
-- sums, quotients and square roots of values of a format with p <= 24 bits
-  are rounded twice (float64, then the format), which is harmless when
-  53 >= 2p + 2 (Figueroa 1995); and
+- products of two values of at most 26 (float64) or 12 (float32) significant
+  bits are exact in the carrier, so rounding them afterwards rounds once;
+- sums, quotients and square roots of values of a format with p bits are
+  rounded twice (carrier, then the format), which is harmless when the
+  carrier has at least 2p + 2 bits (Figueroa 1995): p <= 24 in float64,
+  p <= 11 in float32; and
 - the one mixed-width operation, ``datapath - accumulator``, goes through
-  :meth:`Arithmetic.sub_once`, which rounds to odd in float64 first.
+  :meth:`Arithmetic.sub_once`, which rounds to odd in the carrier first.
 """
 
 from __future__ import annotations
@@ -31,10 +34,22 @@ _FP32, _FP64 = FORMATS["fp32"], FORMATS["fp64"]
 def _round_ste(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     # Rounding has zero derivative almost everywhere; pass gradients straight
     # through so the emulated path can still be differentiated (as in QAT).
-    r = round_to_format(x, fmt)
+    if x.dtype == torch.float64:
+        r = round_to_format(x.detach(), fmt)
+    elif fmt.bits < 32:  # float32 carrier: torch's cast rounds once, nearest even
+        r = x.detach().to(fmt.torch_dtype).to(x.dtype)
+    else:  # a float32 value is already one of float32's
+        return x
     if x.requires_grad:
         return x + (r - x).detach()
     return r
+
+
+def _fits_float32_carrier(fmt: Format, acc: Format) -> bool:
+    """8- and 16-bit datapaths (p <= 11) accumulating in float32 or narrower,
+    in formats torch can cast to."""
+    return fmt.bits <= 16 and _FP32.holds(acc) and all(
+        f.torch_dtype is not None for f in (fmt, acc))
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,8 @@ class Arithmetic:
                 f"acc_fmt={acc.name!r} cannot hold every value of fmt={fmt.name!r}; "
                 "the accumulator must be at least as wide as the datapath"
             )
-        return cls(fmt, acc, torch.float64, True)
+        carrier = torch.float32 if _fits_float32_carrier(fmt, acc) else torch.float64
+        return cls(fmt, acc, carrier, True)
 
     # Rounding of results ----------------------------------------------------
 
@@ -79,7 +95,23 @@ class Arithmetic:
         """Round an operation result to the datapath format."""
         return _round_ste(x, self.fmt) if self.emulated else x
 
+    def quantize(self, v: torch.Tensor) -> torch.Tensor:
+        """Any floating tensor as carrier values of the datapath format, rounded
+        once from ``v``'s own dtype (a float64 input is not first squeezed into
+        a float32 carrier). Non-finite values stay as they are, so their rows
+        come out NaN even in a format that saturates (FP8 E4M3 would turn inf
+        into 448)."""
+        if not self.emulated:
+            return v.to(self.carrier)
+        if v.dtype == torch.float64 and self.carrier != torch.float64:
+            q = _round_ste(v, self.fmt).to(self.carrier)  # exact: fmt fits the carrier
+        else:
+            q = self.rnd(v.to(self.carrier))
+        vc = v.to(self.carrier)
+        return torch.where(torch.isfinite(vc), q, vc)
+
     def rnd_acc(self, x: torch.Tensor) -> torch.Tensor:
+
         """Round an operation result to the accumulation format."""
         return _round_ste(x, self.acc) if self.emulated else x
 
@@ -112,10 +144,12 @@ class Arithmetic:
     def sub_once(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a - b`` rounded once to the datapath format, for operands of any width.
 
-        float64 rounding followed by a narrow rounding can round twice when an
-        operand is wider than the target. Rounding the float64 difference to
-        odd (sticky last bit, from the exact TwoSum error) first makes the
-        second rounding the correct one for any target of <= 51 bits.
+        The carrier's rounding followed by a narrow rounding can round twice
+        when an operand is wider than the target. Rounding the carrier's
+        difference to odd (sticky last bit, from the exact TwoSum error) first
+        makes the second rounding the correct one for any target at least two
+        bits narrower than the carrier.
+
         """
         if not self.emulated or self.fmt.mantissa_bits >= 52:
             return a - b  # the carrier's own subtraction rounds once
@@ -123,7 +157,9 @@ class Arithmetic:
         # Knuth's TwoSum: s + err == a - b exactly.
         virtual_b = s - a
         err = (a - (s - virtual_b)) - (b + virtual_b)
-        even = (s.detach().view(torch.int64) & 1) == 0
+        bits = torch.int64 if s.dtype == torch.float64 else torch.int32
+        even = (s.detach().view(bits) & 1) == 0
+
         toward = torch.where(err > 0, float("inf"), float("-inf")).to(s.dtype)
         s_odd = torch.where((err != 0) & even, torch.nextafter(s.detach(), toward), s.detach())
         if s.requires_grad:

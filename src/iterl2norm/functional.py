@@ -18,7 +18,7 @@ import torch
 from ._arith import Arithmetic
 from ._pipeline import row_exponent
 from ._validation import IterSettings, as_tensor, check_float
-from .normalize import check_acc_capacity, iterate, quantize_input
+from .normalize import check_acc_capacity, iterate
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -48,8 +48,7 @@ def _param(p, name: str, shape: tuple[int, ...], ar: Arithmetic) -> torch.Tensor
     p, _ = as_tensor(p, name)
     if tuple(p.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(p.shape)}, expected normalized_shape {shape}")
-    p = p.reshape(-1).to(ar.carrier)
-    return ar.rnd(p) if ar.emulated else p
+    return ar.quantize(p.reshape(-1))
 
 
 def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, center: bool):
@@ -58,9 +57,8 @@ def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, 
     ar = Arithmetic.resolve(t.dtype, settings.fmt, settings.acc_fmt)
     w, b = _param(weight, "weight", shape, ar), _param(bias, "bias", shape, ar)
     d = math.prod(shape)
-    v = t.reshape(*t.shape[: t.dim() - len(shape)], d).to(ar.carrier).contiguous()  # (..., d)
+    v = ar.quantize(t.reshape(*t.shape[: t.dim() - len(shape)], d)).contiguous()  # (..., d)
     check_acc_capacity(ar, d)
-    v = quantize_input(v, ar)
     if v.numel() == 0:
         return restore(v.reshape(t.shape), ar.fmt if ar.emulated else None)
     inv_d = Fraction(1, d)  # rounded once, exactly, wherever it is used

@@ -45,24 +45,14 @@ def check_acc_capacity(ar: Arithmetic, d: int) -> None:
         )
 
 
-def quantize_input(v: torch.Tensor, ar: Arithmetic) -> torch.Tensor:
-    """The datapath only ever holds values of fmt. Non-finite inputs are kept
-    as they are, so that their rows come out NaN even in a format that
-    saturates (FP8 E4M3 would turn inf into 448)."""
-    if not ar.emulated:
-        return v
-    return torch.where(torch.isfinite(v), ar.rnd(v), v)
-
-
 def run_rows(x, dim, fmt, acc_fmt, compute: Callable[[torch.Tensor, Arithmetic], torch.Tensor]):
     """Validate, move ``dim`` last, resolve the arithmetic, run, and restore."""
     t, restore = as_tensor(x)
     dim = check_dim(t, dim)
     ar = Arithmetic.resolve(t.dtype, fmt, acc_fmt)
     # Contiguous rows: the native sum's order then depends only on the values.
-    v = t.movedim(dim, -1).to(ar.carrier).contiguous()  # (..., d)
+    v = ar.quantize(t.movedim(dim, -1)).contiguous()  # (..., d)
     check_acc_capacity(ar, v.shape[-1])
-    v = quantize_input(v, ar)
     out = compute(v, ar) if v.numel() else v
     return restore(out.movedim(-1, dim), ar.fmt if ar.emulated else None)
 
@@ -267,7 +257,7 @@ def iter_rsqrt(
     )
     q, restore = as_tensor(q, "q")
     ar = Arithmetic.resolve(q.dtype, settings.fmt, None)
-    qc = quantize_input(q.to(ar.carrier), ar)
+    qc = ar.quantize(q)
     ok = torch.isfinite(qc) & (qc > 0)
     qc_safe = torch.where(ok, qc, 1.0)
     j = rsqrt.exponent_split(qc_safe)
