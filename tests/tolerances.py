@@ -98,7 +98,15 @@ TOL["rms_norm_backward_8_steps", "native_fp32"] = (1e-6, 1e-6)
 TOL["layer_norm_forward", "native_bf16"] = (2 * 2 * u("bf16"), 1e-6)
 TOL["layer_norm_forward", "native_fp16"] = (2 * 2 * u("fp16"), 1e-6)
 
+# A whole model patched at the defaults against the same model unpatched:
+# each norm output is within 2e-6 of its own scale (above); the tiny random
+# models of the tests are residual stacks near identity at initialization
+# (weights ~ N(0, 0.02)), so the errors of their <= 5 norms add rather than
+# compound: 5 x 2e-6 = 1e-5 of the output's scale.
+TOL["model_outputs", "native_fp32"] = (1e-5, 1e-5)
+
 # Scalar and vector mode at fp64: equal in exact arithmetic, so they may
+
 # differ by the float64 rounding of ~6 operations per step on O(1) values.
 TOL["scalar_vs_vector", "fp64"] = (1e-14, 1e-15)
 

@@ -48,8 +48,9 @@ def _round_ste(x: torch.Tensor, fmt: Format) -> torch.Tensor:
 def _fits_float32_carrier(fmt: Format, acc: Format) -> bool:
     """8- and 16-bit datapaths (p <= 11) accumulating in float32 or narrower,
     in formats torch can cast to."""
-    return fmt.bits <= 16 and _FP32.holds(acc) and all(
-        f.torch_dtype is not None for f in (fmt, acc))
+    return (
+        fmt.bits <= 16 and _FP32.holds(acc) and all(f.torch_dtype is not None for f in (fmt, acc))
+    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,6 @@ class Arithmetic:
         return torch.where(torch.isfinite(vc), q, vc)
 
     def rnd_acc(self, x: torch.Tensor) -> torch.Tensor:
-
         """Round an operation result to the accumulation format."""
         return _round_ste(x, self.acc) if self.emulated else x
 

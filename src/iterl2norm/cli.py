@@ -13,6 +13,9 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from ._cli_models import COMMANDS as MODEL_COMMANDS
+from ._cli_models import add_commands as add_model_commands
+from ._cli_models import run as run_model_command
 from ._markdown import table
 
 
@@ -129,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     study.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_commands(sub)
     return parser
 
 
@@ -251,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "study":
             return _run_study(args, list(sys.argv[1:] if argv is None else argv))
+        if args.command in MODEL_COMMANDS:
+            return run_model_command(args, list(sys.argv[1:] if argv is None else argv))
         return _run_demo(args)
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"iterl2norm: error: {exc}", file=sys.stderr)

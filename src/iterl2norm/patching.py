@@ -30,6 +30,8 @@ from .modules import IterLayerNorm, IterRMSNorm
 __all__ = ["find_norms", "patch_model", "patched", "unpatch_model"]
 
 _ORIGINAL = "_iterl2norm_original"
+
+
 # Relative agreement a probed module must show with the norm it is taken for:
 # far above a norm's rounding in its own dtype, far below what computing a
 # different norm changes (a missing mean subtraction, a (1 + weight) scale:
@@ -47,7 +49,7 @@ def _eps_of(module: nn.Module) -> float | None:
 
 
 def _probe_kind(module: nn.Module) -> str | None:
-    """"layer_norm", "rms_norm" or None, by running the module on a probe.
+    """ "layer_norm", "rms_norm" or None, by running the module on a probe.
 
     Candidates are leaf modules whose only parameters are a 1-D ``weight``
     (and, for LayerNorm, a ``bias`` of the same shape) and that have an eps
@@ -73,13 +75,13 @@ def _probe_kind(module: nn.Module) -> str | None:
         bias = params.get("bias")
         candidates = {"rms_norm": nn.functional.rms_norm(x32, (d,), w32, eps)}
         candidates["layer_norm"] = nn.functional.layer_norm(
-            x32, (d,), w32, None if bias is None else bias.float(), eps)
+            x32, (d,), w32, None if bias is None else bias.float(), eps
+        )
         for kind, expected in candidates.items():
             if kind == "rms_norm" and bias is not None:
                 continue
             scale = expected.abs().max().clamp_min(1e-12)
             if ((out.float() - expected).abs().max() / scale).item() < _probe_rtol(x.dtype):
-
                 return kind
     return None
 
@@ -108,8 +110,7 @@ def _replacement(module: nn.Module, kind: str, settings: dict) -> nn.Module:
     weight, bias, eps = module.weight, getattr(module, "bias", None), _eps_of(module)
     factory = {"device": weight.device, "dtype": weight.dtype}
     if kind == "layer_norm":
-        new = IterLayerNorm(weight.shape[0], eps=eps, bias=bias is not None, **factory,
-                            **settings)
+        new = IterLayerNorm(weight.shape[0], eps=eps, bias=bias is not None, **factory, **settings)
     else:
         new = IterRMSNorm(weight.shape[0], eps=eps, **factory, **settings)
     new.load_state_dict(module.state_dict())
@@ -134,10 +135,9 @@ def patch_model(model: nn.Module, **iter_settings) -> list[str]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    unpatch_model(model)  # patching again changes the settings, from the originals
     found = list(find_norms(model))
     if not found:
-        if any(isinstance(m, (IterLayerNorm, IterRMSNorm)) for m in model.modules()):
-            raise ValueError("the model is already patched; unpatch_model() it first")
         raise ValueError(f"{type(model).__name__} has no LayerNorm or RMSNorm layer to patch")
     names = []
     for name, module, kind in found:
@@ -165,7 +165,9 @@ def unpatch_model(model: nn.Module) -> list[str]:
 
 @contextlib.contextmanager
 def patched(model: nn.Module, **iter_settings):
-    """``with patched(model, steps=3) as names: ...``: patch, then always unpatch."""
+    """``with patched(model, steps=3) as names: ...``: patch, then always unpatch
+    (a model patched before the block comes out unpatched)."""
+
     names = patch_model(model, **iter_settings)
     try:
         yield names
