@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from ._cli_hw import add_command as add_hw_command
+from ._cli_hw import run as run_hw
 from ._cli_models import COMMANDS as MODEL_COMMANDS
 from ._cli_models import add_commands as add_model_commands
 from ._cli_models import run as run_model_command
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_commands(sub)
+    add_hw_command(sub)
     return parser
 
 
@@ -255,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "study":
             return _run_study(args, list(sys.argv[1:] if argv is None else argv))
+        if args.command == "hw":
+            return run_hw(args, list(sys.argv[1:] if argv is None else argv))
         if args.command in MODEL_COMMANDS:
             return run_model_command(args, list(sys.argv[1:] if argv is None else argv))
         return _run_demo(args)

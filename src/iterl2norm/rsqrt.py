@@ -64,20 +64,25 @@ def table_start(qn: torch.Tensor, ar: Arithmetic, table) -> torch.Tensor:
     table[0] covers qn in [1/2, 1) (odd exponent of q), table[1] [1, 2); a
     qn rounded up to 2 uses the last segment, whose fit holds up to 2.
     """
-    segments = len(table[0])
-    coeffs = torch.tensor(
-        [[[ar.const(c) for c in pair] for pair in row] for row in table], dtype=qn.dtype
-    )  # (parity, segment, 2), datapath values
-    even = qn >= 1
-    mantissa = torch.where(even, qn, 2 * qn)  # the stored significand, in [1, 2]
-    index = ((mantissa - 1) * segments).floor().long().clamp(0, segments - 1)
-    c = coeffs[even.long(), index]  # (..., 2)
-    c0, c1 = c[..., 0], c[..., 1]
+    c0, c1 = table_lookup(qn, ar, table)
     return ar.rnd(c0 - ar.rnd(c1 * qn.detach()))
 
 
-def _smallest_at_least_sqrt2(fmt: Format) -> float:
+def table_lookup(qn: torch.Tensor, ar: Arithmetic, table) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c0, c1) for each qn, as datapath values: the ROM read of :func:`table_start`."""
+    segments = len(table[0])
+    coeffs = torch.tensor(
+        [[[ar.const(c) for c in pair] for pair in row] for row in table], dtype=qn.dtype
+    )  # (parity, segment, 2)
+    q = qn.detach()
+    even = q >= 1
+    mantissa = torch.where(even, q, 2 * q)  # the stored significand, in [1, 2]
+    index = ((mantissa - 1) * segments).floor().long().clamp(0, segments - 1)
+    c = coeffs[even.long(), index]  # (..., 2)
+    return c[..., 0], c[..., 1]
 
+
+def _smallest_at_least_sqrt2(fmt: Format) -> float:
     # The comparison must be exact: compare with the first format value >= sqrt(2).
     # float(sqrt(2)) lies above sqrt(2), so any narrower value below it is below sqrt(2).
     t = round_scalar(math.sqrt(2), fmt)

@@ -1,0 +1,432 @@
+"""Cycle-by-cycle simulation of one normalization unit.
+
+Every arithmetic operation of the unit is issued, one at a time, on a
+pipelined functional unit: at the first cycle when its operands are ready and
+the unit has a free issue slot (each instance takes one operation per cycle
+and returns its result ``latency`` cycles later). The values are computed as
+they are issued, with the unit's rounding, so the same run gives the output
+bits and the cycle count; stalls (an accumulator slot still busy, a shared
+scalar unit) appear by themselves. All rows of a batch run in lockstep: the
+schedule does not depend on the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+
+from .. import rsqrt
+from .._pipeline import row_exponent
+from ..formats import fisr_magic
+from ..schedules import get_schedule
+from .config import UnitConfig, check_d
+from .reference import affine_constants, arithmetic
+
+
+@dataclass
+class Value:
+    data: torch.Tensor  # (rows,)
+    ready: int  # first cycle at which it can be used
+
+
+class Unit:
+    """``count`` pipelined instances with one latency."""
+
+    def __init__(self, name: str, latency: int, count: int):
+        self.name, self.latency, self.count = name, latency, count
+        self.issued: Counter = Counter()
+
+    def issue(self, earliest: int) -> int:
+        cycle = earliest
+        while self.issued[cycle] >= self.count:
+            cycle += 1
+        self.issued[cycle] += 1
+        return cycle
+
+
+@dataclass
+class SimResult:
+    """What one simulation produced."""
+
+    out: torch.Tensor  # (rows, d) float64 values of the datapath format
+    cycles: int  # total latency, from the first read to the last output
+    stages: dict[str, int]  # cycles spent in each stage, in order; they add up to cycles
+    ops: dict[str, int]  # operations issued, by kind
+    trace: list[dict] | None = field(default=None)  # per cycle: {unit: operations issued}
+
+
+class Machine:
+    """The functional units of a configuration, and the issue bookkeeping."""
+
+    def __init__(self, cfg: UnitConfig, rows: int):
+        self.cfg, self.rows = cfg, rows
+        self.ar = arithmetic(cfg)
+        p, lm, la, le = cfg.lanes, cfg.mul_latency, cfg.add_latency, cfg.exp_latency
+        self.units = {
+            "read": Unit("read", 1, 1),  # one P-wide read per cycle
+            # P lanes of each pipeline stage: centring, squares, scaling, vector-mode
+            # update, affine.
+            "lane.sub": Unit("lane.sub", la, p),
+            "lane.sq": Unit("lane.sq", lm, p),
+            "lane.mul": Unit("lane.mul", lm, p),
+            "lane.add": Unit("lane.add", la, p),
+            "affine.mul": Unit("affine.mul", lm, p),
+            "affine.add": Unit("affine.add", la, p),
+            "scalar.mul": Unit("scalar.mul", lm, 1),
+            "scalar.add": Unit("scalar.add", la, 1),
+            "exp": Unit("exp", le, 1),  # exponent field, integer and table operations
+            "sqrt": Unit("sqrt", cfg.sqrt_latency, 1),
+            "lane.div": Unit("lane.div", cfg.div_latency, p),
+        }
+        for stream in ("sum", "sq"):  # two reductions can run at once (two-pass statistics)
+            if cfg.reduction == "tree":
+                for level in range(1, int(math.log2(p)) + 1):
+                    self._add_unit(f"{stream}.tree{level}", la, p >> level)
+                self._add_unit(f"{stream}.acc", la, 1)
+            else:
+                self._add_unit(f"{stream}.acc", la, p)
+            self._add_unit(f"{stream}.final", la, 1)
+        self.ops: Counter = Counter()
+
+    def _add_unit(self, name: str, latency: int, count: int) -> None:
+        self.units[name] = Unit(name, latency, count)
+
+    def const(self, value) -> Value:
+        return Value(torch.full((self.rows,), float(value), dtype=self.ar.carrier), 0)
+
+    def op(self, unit: str, kind: str | None, fn, *args: Value) -> Value:
+        """Issue ``fn`` on ``unit`` once its operands are ready; count it as ``kind``."""
+        ready = max((a.ready for a in args), default=0)
+        u = self.units[unit]
+        start = u.issue(ready)
+        if kind:
+            self.ops[kind] += 1
+        return Value(fn(*(a.data for a in args)), start + u.latency)
+
+    def free(self, data: torch.Tensor, ready: int, kind: str | None = None) -> Value:
+        """A result that costs no unit time (an exponent offset folded into the
+        next operation, a register load); counted if ``kind``."""
+        if kind:
+            self.ops[kind] += 1
+        return Value(data, ready)
+
+    # Streams and reductions -------------------------------------------------------
+
+    def read(self, x: torch.Tensor, start: int) -> list[Value]:
+        """The d elements, P per cycle from cycle ``start``."""
+        p = self.cfg.lanes
+        out = []
+        for c in range(-(-x.shape[1] // p)):
+            cycle = self.units["read"].issue(start + c)
+            out += [Value(x[:, i], cycle + 1) for i in range(c * p, min((c + 1) * p, x.shape[1]))]
+        return out
+
+    def reduce(self, values: list[Value], stream: str) -> Value:
+        """The sum in the unit's order (see reference.reduce), issued on the stream's units."""
+        cfg, ar = self.cfg, self.ar
+        p, s = cfg.lanes, cfg.slots
+        add = lambda a, b: ar.rnd_acc(a + b)  # noqa: E731
+        zero = lambda ready: self.free(torch.zeros(self.rows, dtype=ar.carrier), ready)  # noqa: E731
+        chunks = [values[i : i + p] for i in range(0, len(values), p)]
+        lanes = []  # per lane (one for the tree), the value arriving each cycle
+        if cfg.reduction == "tree":
+            arrivals = []
+            for chunk in chunks:
+                arrived = max(v.ready for v in chunk)
+                level = chunk + [zero(arrived) for _ in range(p - len(chunk))]
+                depth = 1
+                while len(level) > 1:
+                    level = [
+                        self.op(f"{stream}.tree{depth}", "add", add, level[i], level[i + 1])
+                        for i in range(0, len(level), 2)
+                    ]
+                    depth += 1
+                arrivals.append(level[0])
+            lanes.append(arrivals)
+        else:
+            for lane in range(p):
+                lanes.append(
+                    [chunk[lane] if lane < len(chunk) else zero(chunk[0].ready) for chunk in chunks]
+                )
+        partials = []
+        for arrivals in lanes:
+            slots: list[Value | None] = [None] * s
+            for c, value in enumerate(arrivals):
+                held = slots[c % s]
+                slots[c % s] = (
+                    value if held is None else self.op(f"{stream}.acc", "add", add, held, value)
+                )
+            partials += [v if v is not None else zero(0) for v in slots]
+        width = 1 << (len(partials) - 1).bit_length()
+        level = partials + [zero(0) for _ in range(width - len(partials))]
+        while len(level) > 1:
+            level = [
+                self.op(f"{stream}.final", "add", add, level[i], level[i + 1])
+                for i in range(0, len(level), 2)
+            ]
+        return level[0]
+
+
+def _scalar_steps(m: Machine, qn: Value, a: Value) -> Value:
+    """The configured iteration on the scalar unit, one operation at a time."""
+    cfg, ar = m.cfg, m.ar
+    mul = lambda x, y: ar.rnd(x * y)  # noqa: E731
+    sub = lambda x, y: ar.rnd(x - y)  # noqa: E731
+    add = lambda x, y: ar.rnd(x + y)  # noqa: E731
+
+    def scaled(c: float, v: Value) -> Value:  # c * v: a shift when c = 2^k, else a multiply
+        cc = ar.const(c)
+        if math.frexp(cc)[0] == 0.5:
+            return m.op("exp", "exp", lambda x: ar.rnd(cc * x), v)
+        return m.op("scalar.mul", "mul", lambda x: ar.rnd(cc * x), v)
+
+    if cfg.method == "fisr":
+        h = scaled(0.5, qn)
+        for _ in range(cfg.steps):
+            t = m.op("scalar.mul", "mul", mul, h, a)
+            t = m.op("scalar.mul", "mul", mul, t, a)
+            k = m.const(ar.const(1.5))
+            t = m.op("scalar.add", "add", sub, k, t)
+            a = m.op("scalar.mul", "mul", mul, a, t)
+        return a
+    if cfg.schedule is not None and cfg.schedule != "paper":
+        for gamma, beta in get_schedule(cfg.schedule).step_constants(cfg.steps):
+            t = m.op("scalar.mul", "mul", mul, a, a)
+            u = m.op("scalar.mul", "mul", mul, t, qn)
+            v = scaled(beta, u)
+            e = m.op("scalar.add", "add", sub, m.const(ar.const(gamma)), v)
+            h = m.op("scalar.mul", "mul", mul, a, e)
+            a = m.op("scalar.add", "add", add, a, h)
+        return a
+    for _ in range(cfg.steps):  # the paper's Euler step, update rate 1/2
+        t = m.op("scalar.mul", "mul", mul, a, a)
+        u = m.op("scalar.mul", "mul", mul, t, qn)
+        e = m.op("scalar.add", "add", sub, m.const(1.0), u)
+        g = scaled(0.5, e)
+        h = m.op("scalar.mul", "mul", mul, a, g)
+        a = m.op("scalar.add", "add", add, a, h)
+    return a
+
+
+def _start(m: Machine, qn: Value) -> Value:
+    cfg, ar = m.cfg, m.ar
+    if cfg.method == "fisr":
+        return m.op("exp", "int", lambda q: rsqrt.magic_estimate(q, ar.fmt, fisr_magic(ar.fmt)), qn)
+    if cfg.schedule is not None and cfg.schedule != "paper":
+        schedule = get_schedule(cfg.schedule)
+        if schedule.start == "table":  # read (c0, c1) from ROM, then c0 - c1 qn
+            c0, c1 = rsqrt.table_lookup(qn.data, ar, schedule.table)
+            coeff = m.op("exp", "lut", lambda _: c1, qn)
+            product = m.op("scalar.mul", "mul", lambda c, q: ar.rnd(c * q), coeff, qn)
+            return m.op("scalar.add", "add", lambda p: ar.rnd(c0 - p), product)
+        init = schedule.start
+    else:
+        init = cfg.init
+    if init == "exponent":
+        return m.free(torch.ones_like(qn.data), qn.ready)  # a_0 = 1: the split did the work
+    kind = "cmp" if init == "exponent+mantissa" else "int"
+    return m.op("exp", kind, lambda q: rsqrt.initial_estimate(q, ar, init), qn)
+
+
+def _statistics(m: Machine, v: torch.Tensor, marks: dict):
+    """(centres?, k, q, mean): the passes before the estimate. ``centres`` says
+    whether y = x - mean (else y = x); y is scaled by 2^-k before squaring."""
+    cfg, ar = m.cfg, m.ar
+    rows, d = v.shape
+    mul_acc = lambda a, b: ar.rnd_acc(a * b)  # noqa: E731
+    no_k = Value(torch.zeros(rows, dtype=torch.int64), 0)
+    xs = m.read(v, 0)
+    if cfg.statistics == "l2":
+        return (
+            False,
+            no_k,
+            m.reduce([m.op("lane.sq", "mul", mul_acc, x, x) for x in xs], "sq"),
+            None,
+        )
+    c = ar.const_acc(Fraction(1, d))
+    s1 = m.reduce(xs, "sum")  # F values enter the accumulator exactly
+    if cfg.statistics == "two-pass":
+        s2 = m.reduce([m.op("lane.sq", "mul", mul_acc, x, x) for x in xs], "sq")
+        p = m.op("scalar.mul", "mul", mul_acc, s1, s1)
+        p = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), p)
+        mean = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), s1)
+        q = m.op("scalar.add", "add", lambda a, b: ar.rnd_acc(a - b), s2, p)
+        return True, no_k, q, mean
+    # Three passes. The first also finds the largest exponent: an integer max
+    # tree beside the adder tree (one level per cycle) and a running maximum.
+    last = max(x.ready for x in xs)
+    k = m.free(row_exponent(v)[0][:, 0], last + int(math.log2(cfg.lanes)) + 1)
+    m.ops["exp"] += d - 1
+    mean = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), s1)
+    marks["mean"] = mean.ready  # the second pass is "statistics": the sum of squares
+
+    squares = []
+    for x in m.read(v, mean.ready):
+        y = m.op("lane.sub", "add", ar.sub_once, x, mean)
+        ys = m.free(ar.scale(y.data, -k.data), max(y.ready, k.ready), "exp")
+        squares.append(m.op("lane.sq", "mul", mul_acc, ys, ys))
+    return True, k, m.reduce(squares, "sq"), mean
+
+
+def simulate(
+    x: torch.Tensor,
+    cfg: UnitConfig,
+    gamma: torch.Tensor | None = None,
+    beta: torch.Tensor | None = None,
+    trace: bool = False,
+) -> SimResult:
+    """Run the unit on each row of ``x`` (rows, d)."""
+    d = check_d(x.shape[-1])
+    m = Machine(cfg, x.shape[0])
+    ar = m.ar
+    v = ar.quantize(x)
+    marks: dict[str, int] = {}
+    centres, k, q, mean = _statistics(m, v, marks)
+    marks["statistics"] = q.ready
+    # Zero rows (and two-pass rows whose cancelled variance is not positive)
+    # have no direction, non-finite rows no answer: fixed outputs below.
+    empty = q.data <= 0
+    bad = ~torch.isfinite(q.data)
+    q_safe = torch.where(empty | bad, torch.ones_like(q.data), q.data)
+    j = rsqrt.exponent_split(q_safe)
+    # The exponent split and the conversion of qn to the datapath: one exponent-field step.
+    qn = m.op("exp", "exp", lambda _: ar.rnd(ar.scale(q_safe, -2 * j)), q)
+    a = _start(m, qn)
+    marks["initialization"] = a.ready
+
+    def y_of(xv: Value) -> Value:  # y' = (x - mean) 2^-k, the pre-scale folded into its user
+        y = m.op("lane.sub", "add", ar.sub_once, xv, mean) if centres else xv
+        return m.free(ar.scale(y.data, -k.data), max(y.ready, k.ready))
+
+    if cfg.mode == "vector":
+        outs = _vector(m, v, y_of, j, a, marks)
+    elif cfg.method == "sqrt-divide":
+        root = m.op("sqrt", "sqrt", lambda q_: ar.rnd(torch.sqrt(q_)), qn)
+        marks["square root"] = root.ready
+        outs = [
+            m.op("lane.div", "div", lambda y_, r_: ar.rnd(ar.scale(y_, -j) / r_), y_of(xv), root)
+            for xv in m.read(v, root.ready)
+        ]
+    else:
+        a = _steps(m, qn, a, marks)
+        outs = [
+            m.op("lane.mul", "mul", lambda y_, r_: ar.rnd(y_ * ar.scale(r_, -j)), y_of(xv), a)
+            for xv in m.read(v, a.ready)
+        ]
+    if cfg.affine:
+        g, b = affine_constants(d, gamma, beta, ar)
+        outs = [
+            m.op(
+                "affine.add",
+                "add",
+                lambda o, bi=b[i]: ar.rnd(o + bi),
+                m.op("affine.mul", "mul", lambda o, gi=g[i]: ar.rnd(o * gi), o),
+            )
+            for i, o in enumerate(outs)
+        ]
+    total = max(o.ready for o in outs)
+    marks["output"] = total
+    out = torch.stack([o.data for o in outs], dim=1)
+    special = torch.zeros_like(out)
+    if cfg.affine:  # the fixed rows take the affine path of a zero output
+        special = ar.rnd(ar.rnd(special * g) + b)
+    out = torch.where(empty[:, None], special, out)
+    out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+    return SimResult(
+        out.to(torch.float64),
+        total,
+        _stages(marks),
+        dict(m.ops),
+        _trace(m, total) if trace else None,
+    )
+
+
+def _steps(m: Machine, qn: Value, a: Value, marks: dict) -> Value:
+    """The configured iteration on the scalar unit, one operation at a time."""
+    cfg, ar = m.cfg, m.ar
+    mul = lambda x, y: ar.rnd(x * y)  # noqa: E731
+    sub = lambda x, y: ar.rnd(x - y)  # noqa: E731
+    add = lambda x, y: ar.rnd(x + y)  # noqa: E731
+
+    def times(c: float, v: Value) -> Value:  # c * v: a shift when c = 2^k, else a multiply
+        cc = ar.const(c)
+        if math.frexp(cc)[0] == 0.5:
+            return m.op("exp", "exp", lambda x: ar.rnd(cc * x), v)
+        return m.op("scalar.mul", "mul", lambda x: ar.rnd(cc * x), v)
+
+    if cfg.method == "fisr":
+        h = times(0.5, qn) if cfg.steps else None
+        for n in range(cfg.steps):
+            t = m.op("scalar.mul", "mul", mul, h, a)
+            t = m.op("scalar.mul", "mul", mul, t, a)
+            t = m.op("scalar.add", "add", sub, m.const(1.5), t)
+            a = m.op("scalar.mul", "mul", mul, a, t)
+            marks[f"step {n + 1}"] = a.ready
+        return a
+    schedule = get_schedule(cfg.schedule) if cfg.schedule not in (None, "paper") else None
+    if schedule is not None:
+        for n, (gamma, beta) in enumerate(schedule.step_constants(cfg.steps)):
+            t = m.op("scalar.mul", "mul", mul, a, a)
+            u = m.op("scalar.mul", "mul", mul, t, qn)
+            e = m.op("scalar.add", "add", sub, m.const(ar.const(gamma)), times(beta, u))
+            h = m.op("scalar.mul", "mul", mul, a, e)
+            a = m.op("scalar.add", "add", add, a, h)
+            marks[f"step {n + 1}"] = a.ready
+        return a
+    for n in range(cfg.steps):  # the paper's Euler step, update rate 1/2
+        t = m.op("scalar.mul", "mul", mul, a, a)
+        u = m.op("scalar.mul", "mul", mul, t, qn)
+        e = m.op("scalar.add", "add", sub, m.const(1.0), u)
+        h = m.op("scalar.mul", "mul", mul, a, times(0.5, e))
+        a = m.op("scalar.add", "add", add, a, h)
+        marks[f"step {n + 1}"] = a.ready
+    return a
+
+
+def _vector(m: Machine, v, y_of, j, a0: Value, marks) -> list[Value]:
+    """Vector mode: z_0 = y' a_0 2^-j, then per step |z|^2 and z + g z; each
+    update pass is fused with the next step's squares."""
+    ar = m.ar
+    mul_acc = lambda a, b: ar.rnd_acc(a * b)  # noqa: E731
+    z = [
+        m.op("lane.mul", "mul", lambda y_, a_: ar.rnd(y_ * ar.scale(a_, -j)), y_of(xv), a0)
+        for xv in m.read(v, a0.ready)
+    ]
+    for n in range(m.cfg.steps):
+        w = m.reduce([m.op("lane.sq", "mul", mul_acc, zi, zi) for zi in z], "sq")
+        e = m.op("scalar.add", "add", lambda w_: ar.rnd(1.0 - ar.rnd(w_)), w)
+        g = m.op("exp", "exp", lambda e_: ar.rnd(0.5 * e_), e)
+        z = [
+            m.op(
+                "lane.add",
+                "add",
+                lambda z_, h_: ar.rnd(z_ + h_),
+                zi,
+                m.op("lane.mul", "mul", lambda g_, z_: ar.rnd(g_ * z_), g, zi),
+            )
+            for zi in z
+        ]
+        marks[f"step {n + 1}"] = max(zi.ready for zi in z)
+    return z
+
+
+def _stages(marks: dict[str, int]) -> dict[str, int]:
+    """Cycles between consecutive marks, in order: they add up to the total."""
+    out, previous = {}, 0
+    for name, cycle in marks.items():
+        out[name] = cycle - previous
+        previous = cycle
+    return out
+
+
+def _trace(m: Machine, total: int) -> list[dict]:
+    per_cycle = defaultdict(dict)
+    for unit in m.units.values():
+        for cycle, n in unit.issued.items():
+            if n:
+                per_cycle[cycle][unit.name] = n
+    return [per_cycle.get(c, {}) for c in range(total)]
