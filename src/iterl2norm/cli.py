@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from ._cli_bench import add_command as add_bench_command
+from ._cli_bench import run as run_bench
 from ._cli_hw import add_command as add_hw_command
 from ._cli_hw import run as run_hw
 from ._cli_models import COMMANDS as MODEL_COMMANDS
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_commands(sub)
     add_hw_command(sub)
+    add_bench_command(sub)
     return parser
 
 
@@ -260,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_study(args, list(sys.argv[1:] if argv is None else argv))
         if args.command == "hw":
             return run_hw(args, list(sys.argv[1:] if argv is None else argv))
+        if args.command == "bench":
+            return run_bench(args, list(sys.argv[1:] if argv is None else argv))
         if args.command in MODEL_COMMANDS:
             return run_model_command(args, list(sys.argv[1:] if argv is None else argv))
         return _run_demo(args)

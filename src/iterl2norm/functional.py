@@ -18,7 +18,7 @@ import torch
 from ._arith import Arithmetic
 from ._pipeline import row_exponent
 from ._validation import IterSettings, as_tensor, check_float
-from .normalize import check_acc_capacity, iterate
+from .normalize import check_acc_capacity, fused_rows, iterate
 
 __all__ = ["layer_norm", "rms_norm"]
 
@@ -57,11 +57,22 @@ def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, 
     ar = Arithmetic.resolve(t.dtype, settings.fmt, settings.acc_fmt)
     w, b = _param(weight, "weight", shape, ar), _param(bias, "bias", shape, ar)
     d = math.prod(shape)
-    v = ar.quantize(t.reshape(*t.shape[: t.dim() - len(shape)], d)).contiguous()  # (..., d)
+    rows = t.reshape(*t.shape[: t.dim() - len(shape)], d)  # (..., d)
     check_acc_capacity(ar, d)
+    inv_d = Fraction(1, d)  # rounded once, exactly, wherever it is used
+    if rows.numel():
+        raw = [
+            None if p is None else as_tensor(p, name)[0]
+            for p, name in ((weight, "weight"), (bias, "bias"))
+        ]
+        fused = fused_rows(
+            settings, center=center, inv_d=inv_d, eps=eps, weight=raw[0], bias=raw[1]
+        )(rows, ar)
+        if fused is not None:
+            return restore(fused.reshape(t.shape), ar.fmt if ar.emulated else None)
+    v = ar.quantize(rows).contiguous()
     if v.numel() == 0:
         return restore(v.reshape(t.shape), ar.fmt if ar.emulated else None)
-    inv_d = Fraction(1, d)  # rounded once, exactly, wherever it is used
     shift = None
     if center:
         # Pre-scale for the mean too, so sum(x) cannot overflow; y stays in

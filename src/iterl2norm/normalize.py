@@ -15,13 +15,20 @@ even), and reductions accumulate in ``acc_fmt`` (default fp32 for 8- and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from functools import partial
 
 import torch
 
-from . import rsqrt, schedules
+from . import _fused, rsqrt, schedules
 from ._arith import Arithmetic
-from ._pipeline import divide_output, front_end, normalize_scalar, normalize_vector
+from ._pipeline import (
+    divide_output,
+    eps_exponent_floor,
+    front_end,
+    normalize_scalar,
+    normalize_vector,
+)
 from ._validation import IterSettings, as_tensor, check_dim, check_int, optional_format
 
 __all__ = [
@@ -45,16 +52,66 @@ def check_acc_capacity(ar: Arithmetic, d: int) -> None:
         )
 
 
-def run_rows(x, dim, fmt, acc_fmt, compute: Callable[[torch.Tensor, Arithmetic], torch.Tensor]):
-    """Validate, move ``dim`` last, resolve the arithmetic, run, and restore."""
+def run_rows(
+    x,
+    dim,
+    fmt,
+    acc_fmt,
+    compute: Callable[[torch.Tensor, Arithmetic], torch.Tensor],
+    fused: Callable | None = None,
+):
+    """Validate, move ``dim`` last, resolve the arithmetic, run, and restore.
+
+    ``fused(rows, ar)`` may compute the result with a compiled kernel from the
+    (..., d) input as it is; it returns None where it does not apply.
+    """
     t, restore = as_tensor(x)
     dim = check_dim(t, dim)
     ar = Arithmetic.resolve(t.dtype, fmt, acc_fmt)
-    # Contiguous rows: the native sum's order then depends only on the values.
-    v = ar.quantize(t.movedim(dim, -1)).contiguous()  # (..., d)
-    check_acc_capacity(ar, v.shape[-1])
-    out = compute(v, ar) if v.numel() else v
+    moved = t.movedim(dim, -1)  # (..., d)
+    check_acc_capacity(ar, moved.shape[-1])
+    out = fused(moved, ar) if fused is not None and moved.numel() else None
+    if out is None:
+        # Contiguous rows: the native sum's order then depends only on the values.
+        v = ar.quantize(moved).contiguous()
+        out = compute(v, ar) if v.numel() else v
     return restore(out.movedim(-1, dim), ar.fmt if ar.emulated else None)
+
+
+def fused_rows(
+    settings: IterSettings,
+    *,
+    center: bool = False,
+    inv_d: Fraction | int = 1,
+    eps: float = 0.0,
+    weight=None,
+    bias=None,
+) -> Callable:
+    """``fused`` for :func:`run_rows`: the compiled kernels where they apply."""
+
+    def run(moved: torch.Tensor, ar: Arithmetic):
+        rows = moved.reshape(-1, moved.shape[-1])
+        if _fused.native_ok(moved, settings):
+            out = _fused.native(
+                rows, settings, center=center, inv_d=float(inv_d), eps=eps, weight=weight, bias=bias
+            )
+        elif _fused.emulated_ok(moved, settings, ar, weight, bias):
+            out = _fused.emulated(
+                rows,
+                settings,
+                ar,
+                center=center,
+                inv_d=ar.const_acc(inv_d),
+                eps=eps,
+                eps_floor=eps_exponent_floor(eps) if eps > 0 else 0,
+                weight=weight,
+                bias=bias,
+            )
+        else:
+            return None
+        return out.reshape(moved.shape)
+
+    return run
 
 
 def iterate(v: torch.Tensor, ar: Arithmetic, settings: IterSettings, **stats) -> torch.Tensor:
@@ -130,7 +187,14 @@ def iterl2norm(
                 [0.0000, 0.0000]])
     """
     settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
-    return run_rows(x, dim, settings.fmt, settings.acc_fmt, lambda v, ar: iterate(v, ar, settings))
+    return run_rows(
+        x,
+        dim,
+        settings.fmt,
+        settings.acc_fmt,
+        lambda v, ar: iterate(v, ar, settings),
+        fused_rows(settings),
+    )
 
 
 def exact_normalize(x, dim: int = -1, *, fmt=None, acc_fmt=None):

@@ -1,0 +1,191 @@
+"""The compiled row kernels (csrc/kernels.cpp), when the package was built with them.
+
+``native``: the fast native path, one fused pass per row (float, bfloat16 and
+half inputs), differentiated analytically at the computed scale. ``emulated``:
+the bit-accurate 8- and 16-bit emulation with float32 accumulation, the same
+bits as the torch emulation (tests/test_fused.py). Callers fall back to the
+torch paths when :func:`native_ok` / :func:`emulated_ok` say no.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._arith import Arithmetic
+from ._validation import IterSettings
+from .formats import FORMATS, fisr_magic
+from .rsqrt import _smallest_at_least_sqrt2
+
+try:
+    from . import _kernels
+except ImportError:  # installed without the compiled kernels
+    _kernels = None
+
+ENABLED = True  # tests switch the kernels off to exercise the torch paths
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def available() -> bool:
+    return _kernels is not None and ENABLED
+
+
+def _eligible(x: torch.Tensor, settings: IterSettings) -> bool:
+    return (
+        available()
+        and settings.mode == "scalar"
+        and x.dtype in _FAST_DTYPES
+        and x.device.type == "cpu"
+    )
+
+
+def native_ok(x: torch.Tensor, settings: IterSettings) -> bool:
+    return _eligible(x, settings) and settings.fmt is None
+
+
+def emulated_ok(x: torch.Tensor, settings: IterSettings, ar: Arithmetic, *params) -> bool:
+    # Gradients through the emulation pass rounding straight through: the torch path.
+    return (
+        _eligible(x, settings)
+        and ar.emulated
+        and ar.carrier == torch.float32
+        and ar.acc == FORMATS["fp32"]
+        and not x.requires_grad
+        and not any(p is not None and p.requires_grad for p in params)
+    )
+
+
+_SCALAR_ARGS: dict[tuple, tuple] = {}
+
+
+def scalar_args(settings: IterSettings, ar: Arithmetic) -> tuple:
+    """The start and steps as the kernels take them, constants as the datapath holds
+    them; cached, since rounding the constants costs more than a small kernel call."""
+    schedule = settings.schedule
+    key = (
+        settings.steps,
+        settings.rates,
+        settings.init,
+        ar.fmt.name,
+        None if schedule is None else (schedule.start, schedule.steps, schedule.table),
+    )
+    args = _SCALAR_ARGS.get(key)
+    if args is None:
+        args = _SCALAR_ARGS[key] = _scalar_args(settings, ar)
+    return args
+
+
+def _scalar_args(settings: IterSettings, ar: Arithmetic) -> tuple:
+    schedule = settings.schedule
+    start = schedule.start if schedule is not None else settings.init
+    if schedule is not None:  # correction steps: gamma - beta u
+        form = [1] * settings.steps
+        constants = schedule.step_constants(settings.steps)
+        c1 = [ar.const(g) for g, _ in constants]
+        c2 = [ar.const(b) for _, b in constants]
+    else:  # Euler steps: lambda (1 - u)
+        form = [0] * settings.steps
+        c1, c2 = [ar.const(r) for r in settings.rates], [0.0] * settings.steps
+
+    table: list[float] = []
+    if start == "exponent":
+        code, params = 0, []
+    elif start == "exponent+mantissa":
+        code = 1
+        params = [
+            _smallest_at_least_sqrt2(ar.fmt),
+            ar.const(math.sqrt(0.5)),
+            ar.const(math.sqrt(2)),
+        ]
+    elif start == "magic":
+        code, params = 2, [fisr_magic(ar.fmt), ar.fmt.mantissa_bits, ar.fmt.bias]
+    else:
+        code, params = 3, [len(schedule.table[0])]
+        table = [ar.const(c) for row in schedule.table for pair in row for c in pair]
+    return code, params, table, form, c1, c2
+
+
+class _NativeNorm(torch.autograd.Function):
+    """(rows, d) -> (rows, d) through the native kernel; backward (also a kernel)
+    is the exact derivative of y / sqrt(q) at the computed scale r, as torch's
+    LayerNorm backward uses its rstd, not the derivative of the iteration's steps."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, center, inv_d, eps, scalar):
+        w = None if weight is None else weight.detach().reshape(-1).float().contiguous()
+        b = None if bias is None else bias.detach().reshape(-1).float().contiguous()
+        out, mean, scale = _kernels.native_forward(x, w, b, center, inv_d, eps, *scalar)
+        ctx.save_for_backward(x, w, mean, scale)
+        ctx.center, ctx.inv_d = center, inv_d
+        ctx.params = weight, bias
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w, mean, scale = ctx.saved_tensors
+        weight, bias = ctx.params
+        dx, dw, db = _kernels.native_backward(
+            x,
+            grad.to(x.dtype).contiguous(),
+            mean,
+            scale,
+            w,
+            ctx.center,
+            ctx.inv_d,
+            weight is not None and ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
+        if dw is not None:
+            dw = dw.reshape(weight.shape).to(weight.dtype)
+        if db is not None:
+            db = db.reshape(bias.shape).to(bias.dtype)
+        return dx, dw, db, None, None, None, None
+
+
+def native(
+    x2d: torch.Tensor,
+    settings: IterSettings,
+    *,
+    center: bool,
+    inv_d: float,
+    eps: float,
+    weight=None,
+    bias=None,
+) -> torch.Tensor:
+    """The native path on contiguous rows (rows, d), in x2d's dtype."""
+    ar = Arithmetic.resolve(torch.float32)
+    return _NativeNorm.apply(
+        x2d.contiguous(), weight, bias, center, inv_d, eps, scalar_args(settings, ar)
+    )
+
+
+def emulated(
+    x2d: torch.Tensor,
+    settings: IterSettings,
+    ar: Arithmetic,
+    *,
+    center: bool,
+    inv_d: float,
+    eps: float,
+    eps_floor: int,
+    weight=None,
+    bias=None,
+) -> torch.Tensor:
+    """The emulation on contiguous rows (rows, d): the values of the format in float32."""
+    w = None if weight is None else ar.quantize(weight.reshape(-1)).contiguous()
+    b = None if bias is None else ar.quantize(bias.reshape(-1)).contiguous()
+    return _kernels.emulated_forward(
+        x2d.contiguous(),
+        w,
+        b,
+        ar.fmt.name,
+        center,
+        inv_d,
+        inv_d != 1.0,
+        eps,
+        eps_floor,
+        *scalar_args(settings, ar),
+    )

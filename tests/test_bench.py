@@ -1,0 +1,78 @@
+"""The benchmark harness: its rows, its CSV record and its command line.
+(The timings themselves are the benchmark's business, not the tests'.)"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from iterl2norm import bench
+from iterl2norm.cli import main
+
+TINY = bench.Plan(
+    quick=True, model=False, shapes=((3, 64),), emulation_shape=(4, 32), first_call=False
+)
+
+
+def test_round_robin_times_every_method_each_round():
+    calls = []
+    medians = bench.round_robin(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1
+    )
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+
+
+def test_rows_cover_every_method_against_its_reference():
+    rows = bench.run(TINY, progress=False)
+    by_case = {(r.case, r.dtype) for r in rows}
+    assert by_case == {
+        ("forward", "fp32"),
+        ("forward", "bf16"),
+        ("backward", "fp32"),
+        ("backward", "bf16"),
+        ("emulation", "fp32"),
+    }
+    methods = {r.method for r in rows}
+    assert {
+        "layer_norm",
+        "rms_norm",
+        "iterl2norm",
+        "copy_",
+        "layer_norm fwd+bwd",
+        "iterl2norm fmt=fp8_e4m3",
+    } <= methods
+    for row in rows:
+        reference = next(
+            r
+            for r in rows
+            if r.case == row.case and r.dtype == row.dtype and r.method == row.reference
+        )
+        assert row.ratio == pytest.approx(row.p50_ms / reference.p50_ms)
+        assert row.p50_ms > 0 and row.rounds == TINY.rounds
+
+
+def test_first_call_is_measured_in_a_fresh_interpreter():
+    rows = {r.method: r for r in bench.first_call()}
+    first = rows["layer_norm first call"]
+    assert first.p50_ms > 0 and first.reference == "layer_norm second call"
+
+
+def test_csv_appends_with_one_header(tmp_path):
+    rows = [bench.Row("forward", "3x64", "fp32", "layer_norm", "F.layer_norm", 0.5, 0.9, 5)]
+    path = tmp_path / "results.csv"
+    env = bench.environment()
+    bench.append_csv(path, rows, env, TINY)
+    bench.append_csv(path, rows, env, TINY)
+    with path.open() as handle:
+        records = list(csv.DictReader(handle))
+    assert len(records) == 2 and records[0]["method"] == "layer_norm"
+    assert records[0]["torch"] == env["torch"] and records[0]["plan"] == "quick"
+    assert records[0]["git_revision"] and records[0]["cpu"]
+
+
+def test_cli_rejects_a_missing_output_directory(capsys):
+    assert main(["bench", "--quick", "--csv", "/nonexistent/dir/results.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
