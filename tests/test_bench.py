@@ -53,6 +53,25 @@ def test_rows_cover_every_method_against_its_reference():
         assert row.p50_ms > 0 and row.rounds == TINY.rounds
 
 
+def test_full_plan_times_torch_ops_and_the_call_cost_in_rounds_of_their_own():
+    plan = bench.Plan(model=False, shapes=((3, 64),), emulation_shape=(4, 32), first_call=False)
+    rows = bench.run(plan, progress=False)
+    by_case: dict[str, set[str]] = {}
+    for row in rows:
+        by_case.setdefault(row.case, set()).add(row.method)
+    # the torch-op paths allocate large temporaries: kept out of the forward rounds
+    assert not any("torch ops" in m for m in by_case["forward"] | by_case["emulation"])
+    assert by_case["torch_ops"] == {
+        "F.layer_norm",
+        "layer_norm (torch ops)",
+        "iterl2norm",
+        "iterl2norm fmt=bf16 (torch ops)",
+    }
+    assert by_case["call"] == {"F.layer_norm", "layer_norm"}
+    rounds = {(r.case, r.rounds) for r in rows}
+    assert ("forward", 2 * plan.rounds + 1) in rounds and ("backward", plan.rounds) in rounds
+
+
 def test_first_call_is_measured_in_a_fresh_interpreter():
     rows = {r.method: r for r in bench.first_call()}
     first = rows["layer_norm first call"]

@@ -204,3 +204,18 @@ def test_native_kernel_backward_in_bf16_follows_fp32():
         torch.testing.assert_close(
             low.float(), high, rtol=rtol, atol=atol * high.abs().max().item()
         )
+
+
+def test_native_kernel_without_autograd_gives_the_same_bits():
+    # Inference skips the autograd.Function; training goes through it.
+    x = rows(torch.float32, 96)
+    w = torch.linspace(0.5, 1.5, 96, requires_grad=True)
+    b = torch.linspace(-0.1, 0.1, 96, requires_grad=True)
+    with_grad = layer_norm(x, (96,), w, b)
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        plain = layer_norm(x, (96,), w, b)
+    assert not plain.requires_grad
+    assert same(with_grad.detach(), plain)
+    with torch.inference_mode():
+        assert same(rms_norm(x, (96,), w), rms_norm(x, (96,), w.detach()))

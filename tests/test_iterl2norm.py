@@ -274,3 +274,19 @@ def test_bad_input_raises_a_clear_error(call, error, message):
 def test_numpy_zero_dim_is_rejected_like_a_tensor():
     with pytest.raises(ValueError, match="0-dimensional"):
         iterl2norm(np.array(3.0))
+
+
+def test_memoized_settings_still_reject_what_they_would_reject():
+    # steps=1 is cached first; True == 1 and hash(True) == hash(1), yet bool is refused
+    iterl2norm(torch.ones(3), steps=1)
+    with pytest.raises(TypeError, match="steps"):
+        iterl2norm(torch.ones(3), steps=True)
+    for _ in range(2):  # errors are raised on every call, not cached
+        with pytest.raises(ValueError, match="'cubic'"):
+            iterl2norm(torch.ones(3), init="cubic")
+    x = gaussian((4, 16), dtype=torch.float32)
+    # a list of rates (unhashable) gives what the tuple gives
+    assert torch.equal(
+        iterl2norm(x, steps=2, update_rate=[0.5, 0.6]),
+        iterl2norm(x, steps=2, update_rate=(0.5, 0.6)),
+    )

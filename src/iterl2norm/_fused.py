@@ -107,6 +107,16 @@ def _scalar_args(settings: IterSettings, ar: Arithmetic) -> tuple:
     return code, params, table, form, c1, c2
 
 
+def _as_float(p: torch.Tensor | None) -> torch.Tensor | None:
+    """A weight or bias as the kernels take it: flat contiguous float32."""
+    if p is None:
+        return None
+    p = p.detach()
+    if p.dim() != 1:
+        p = p.reshape(-1)
+    return p if p.dtype == torch.float32 and p.is_contiguous() else p.float().contiguous()
+
+
 class _NativeNorm(torch.autograd.Function):
     """(rows, d) -> (rows, d) through the native kernel; backward (also a kernel)
     is the exact derivative of y / sqrt(q) at the computed scale r, as torch's
@@ -114,8 +124,7 @@ class _NativeNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, center, inv_d, eps, scalar):
-        w = None if weight is None else weight.detach().reshape(-1).float().contiguous()
-        b = None if bias is None else bias.detach().reshape(-1).float().contiguous()
+        w, b = _as_float(weight), _as_float(bias)
         out, mean, scale = _kernels.native_forward(x, w, b, center, inv_d, eps, *scalar)
         ctx.save_for_backward(x, w, mean, scale)
         ctx.center, ctx.inv_d = center, inv_d
@@ -156,10 +165,18 @@ def native(
     bias=None,
 ) -> torch.Tensor:
     """The native path on contiguous rows (rows, d), in x2d's dtype."""
-    ar = Arithmetic.resolve(torch.float32)
-    return _NativeNorm.apply(
-        x2d.contiguous(), weight, bias, center, inv_d, eps, scalar_args(settings, ar)
+    scalar = scalar_args(settings, Arithmetic.resolve(torch.float32))
+    x2d = x2d.contiguous()
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x2d, weight, bias)
+    ):
+        return _NativeNorm.apply(x2d, weight, bias, center, inv_d, eps, scalar)
+    # Nothing to differentiate: the kernel alone, without autograd's bookkeeping
+    # (a tenth of a small call's time).
+    out, _, _ = _kernels.native_forward(
+        x2d, _as_float(weight), _as_float(bias), center, inv_d, eps, *scalar
     )
+    return out
 
 
 def emulated(

@@ -7,6 +7,7 @@ and its data through :func:`as_tensor`, so bad input gets the same clear
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -132,6 +133,27 @@ class IterSettings:
         if isinstance(self.update_rate, tuple):
             return self.update_rate
         return (self.update_rate,) * self.steps
+
+
+# typed: steps=True must not find the entry of steps=1 (bool is rejected).
+@functools.lru_cache(maxsize=256, typed=True)
+def _settings_memo(*args) -> IterSettings:
+    return IterSettings(*args)
+
+
+def iter_settings(steps, update_rate, init, mode, fmt, acc_fmt, schedule) -> IterSettings:
+    """``IterSettings(...)``, memoized: the public functions validate their
+    settings on every call, and a model calls its norms thousands of times
+    with the same ones. Invalid settings raise every time (errors are not
+    cached); unhashable ones are validated afresh."""
+    if isinstance(update_rate, list):
+        update_rate = tuple(update_rate)
+    args = (steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+    try:
+        hash(args)
+    except TypeError:
+        return IterSettings(*args)
+    return _settings_memo(*args)
 
 
 Restore = Callable[[torch.Tensor, "Format | None"], "torch.Tensor | np.ndarray"]

@@ -37,6 +37,7 @@ SHAPES = ((4096, 4096), (16384, 768), (2048, 12288), (8, 2048, 576))
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EMULATED = ("bf16", "fp16", "fp8_e4m3")
 EMULATION_SHAPE = (4096, 4096)
+CALL_SHAPE = (8, 576)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,13 @@ class Plan:
     @property
     def rounds(self) -> int:
         return 5 if self.quick else 15
+
+    def rounds_of(self, case: str) -> int:
+        # Forward calls take milliseconds and vary most on a shared machine:
+        # more rounds for the medians the speed targets are read from.
+        return (
+            self.rounds * 2 + 1 if case in ("forward", "call") and not self.quick else self.rounds
+        )
 
     @property
     def warmup(self) -> int:
@@ -123,17 +131,18 @@ def _rows(
     ]
 
 
-def _forward_methods(x: torch.Tensor, plan: Plan) -> tuple[dict, dict]:
-    d = x.shape[-1]
+def _affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
+    d = x.shape[-1]
     w = (1 + 0.1 * torch.randn(d, generator=gen)).to(x.dtype)
     b = (0.1 * torch.randn(d, generator=gen)).to(x.dtype)
+    return w, b
+
+
+def _forward_methods(x: torch.Tensor) -> tuple[dict, dict]:
+    d = x.shape[-1]
+    w, b = _affine(x)
     floor = torch.empty_like(x)
-
-    def torch_ops_layer_norm():
-        with _kernels_off():
-            return functional.layer_norm(x, (d,), w, b)
-
     methods = {
         "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
         "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
@@ -152,9 +161,6 @@ def _forward_methods(x: torch.Tensor, plan: Plan) -> tuple[dict, dict]:
         "F.normalize": "F.rms_norm",
         "iterl2norm": "F.rms_norm",
     }
-    if not plan.quick:
-        methods["layer_norm (torch ops)"] = torch_ops_layer_norm
-        references["layer_norm (torch ops)"] = "F.layer_norm"
     return methods, references
 
 
@@ -188,7 +194,7 @@ def _backward_methods(x: torch.Tensor) -> tuple[dict, dict]:
     return methods, references
 
 
-def _emulation_methods(x: torch.Tensor, plan: Plan) -> tuple[dict, dict]:
+def _emulation_methods(x: torch.Tensor) -> tuple[dict, dict]:
     d = x.shape[-1]
     methods: dict[str, Callable] = {"iterl2norm": lambda: iterl2norm(x)}
     references = {"iterl2norm": "iterl2norm"}
@@ -200,15 +206,49 @@ def _emulation_methods(x: torch.Tensor, plan: Plan) -> tuple[dict, dict]:
     for fmt in ("bf16", "fp16"):
         methods[f"layer_norm fmt={fmt}"] = lambda fmt=fmt: functional.layer_norm(x, (d,), fmt=fmt)
         references[f"layer_norm fmt={fmt}"] = "layer_norm"
-    if not plan.quick:
-
-        def torch_ops_bf16():
-            with _kernels_off():
-                return iterl2norm(x, fmt="bf16")
-
-        methods["iterl2norm fmt=bf16 (torch ops)"] = torch_ops_bf16
-        references["iterl2norm fmt=bf16 (torch ops)"] = "iterl2norm"
     return methods, references
+
+
+def _torch_ops_methods(x: torch.Tensor) -> tuple[dict, dict]:
+    """The torch-op paths the kernels replace, in rounds of their own: their
+    large temporaries change what the allocator hands the other methods (fresh
+    pages to fault in), so timing them among the others would slow those."""
+    d = x.shape[-1]
+    w, b = _affine(x)
+
+    def layer_norm_ops():
+        with _kernels_off():
+            return functional.layer_norm(x, (d,), w, b)
+
+    def bf16_ops():
+        with _kernels_off():
+            return iterl2norm(x, fmt="bf16")
+
+    methods = {
+        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
+        "layer_norm (torch ops)": layer_norm_ops,
+        "iterl2norm": lambda: iterl2norm(x),
+        "iterl2norm fmt=bf16 (torch ops)": bf16_ops,
+    }
+    references = {
+        "F.layer_norm": "F.layer_norm",
+        "layer_norm (torch ops)": "F.layer_norm",
+        "iterl2norm": "iterl2norm",
+        "iterl2norm fmt=bf16 (torch ops)": "iterl2norm",
+    }
+    return methods, references
+
+
+def _call_methods(x: torch.Tensor) -> tuple[dict, dict]:
+    """A few short rows: the fixed cost of one call (argument checks, dispatch),
+    which the large shapes hide."""
+    d = x.shape[-1]
+    w, b = _affine(x)
+    methods = {
+        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
+        "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
+    }
+    return methods, {name: "F.layer_norm" for name in methods}
 
 
 _FIRST_CALL = """
@@ -315,8 +355,11 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
     backward_shapes = plan.shapes[:1] if plan.quick else plan.shapes
     cases += [("backward", s, dt) for s in backward_shapes for dt in DTYPES]
     cases += [("emulation", plan.emulation_shape, "fp32")]
+    if not plan.quick:
+        cases += [("torch_ops", plan.emulation_shape, "fp32"), ("call", CALL_SHAPE, "fp32")]
     with_model = plan.model and model_available()
-    total = len(cases) * plan.rounds + (max(3, plan.rounds // 3) if with_model else 0)
+    total = sum(plan.rounds_of(case) for case, _, _ in cases)
+    total += max(3, plan.rounds // 3) if with_model else 0
     bar = tqdm(
         total=total,
         desc="bench",
@@ -329,14 +372,17 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
     for case, shape, dtype in cases:
         bar.set_postfix_str(f"{case} {'x'.join(map(str, shape))} {dtype}")
         x = torch.randn(shape, generator=gen).to(DTYPES[dtype])
-        if case == "forward":
-            methods, refs = _forward_methods(x, plan)
-        elif case == "backward":
-            methods, refs = _backward_methods(x)
-        else:
-            methods, refs = _emulation_methods(x, plan)
-        medians = round_robin(methods, plan.rounds, plan.warmup, lambda: bar.update(1))
-        rows += _rows(case, shape, dtype, medians, refs, plan.rounds)
+        builders = {
+            "forward": _forward_methods,
+            "backward": _backward_methods,
+            "emulation": _emulation_methods,
+            "torch_ops": _torch_ops_methods,
+            "call": _call_methods,
+        }
+        methods, refs = builders[case](x)
+        rounds = plan.rounds_of(case)
+        medians = round_robin(methods, rounds, plan.warmup, lambda: bar.update(1))
+        rows += _rows(case, shape, dtype, medians, refs, rounds)
         del x, methods
     if with_model:
         bar.set_postfix_str("SmolLM2-135M")

@@ -17,22 +17,29 @@ import torch
 
 from ._arith import Arithmetic
 from ._pipeline import row_exponent
-from ._validation import IterSettings, as_tensor, check_float
+from ._validation import IterSettings, as_tensor, check_float, iter_settings
 from .normalize import check_acc_capacity, fused_rows, iterate
 
 __all__ = ["layer_norm", "rms_norm"]
 
 
 def _shape(t: torch.Tensor, normalized_shape) -> tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        normalized_shape = (normalized_shape,)
-    if not isinstance(normalized_shape, (Sequence, torch.Size)) or not all(
-        isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in normalized_shape
+    if type(normalized_shape) in (tuple, torch.Size) and all(
+        type(n) is int for n in normalized_shape
     ):
-        raise TypeError(
-            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
-        )
-    shape = tuple(int(n) for n in normalized_shape)
+        shape = tuple(normalized_shape)  # the usual call, checked without the ABCs
+    else:
+        if isinstance(normalized_shape, numbers.Integral) and not isinstance(
+            normalized_shape, bool
+        ):
+            normalized_shape = (normalized_shape,)
+        if not isinstance(normalized_shape, (Sequence, torch.Size)) or not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in normalized_shape
+        ):
+            raise TypeError(
+                f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+            )
+        shape = tuple(int(n) for n in normalized_shape)
     if not shape or tuple(t.shape[t.dim() - len(shape) :]) != shape or len(shape) > t.dim():
         raise ValueError(
             f"normalized_shape {shape} does not match the trailing dimensions "
@@ -41,35 +48,34 @@ def _shape(t: torch.Tensor, normalized_shape) -> tuple[int, ...]:
     return shape
 
 
-def _param(p, name: str, shape: tuple[int, ...], ar: Arithmetic) -> torch.Tensor | None:
-    """A weight or bias as a flat carrier tensor of datapath values."""
+def _param(p, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A weight or bias as a tensor, checked against normalized_shape."""
     if p is None:
         return None
     p, _ = as_tensor(p, name)
     if tuple(p.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(p.shape)}, expected normalized_shape {shape}")
-    return ar.quantize(p.reshape(-1))
+    return p
 
 
 def _run(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, center: bool):
     t, restore = as_tensor(x)
     shape = _shape(t, normalized_shape)
     ar = Arithmetic.resolve(t.dtype, settings.fmt, settings.acc_fmt)
-    w, b = _param(weight, "weight", shape, ar), _param(bias, "bias", shape, ar)
+    weight, bias = _param(weight, "weight", shape), _param(bias, "bias", shape)
     d = math.prod(shape)
-    rows = t.reshape(*t.shape[: t.dim() - len(shape)], d)  # (..., d)
+    rows = t if len(shape) == 1 else t.reshape(*t.shape[: t.dim() - len(shape)], d)  # (..., d)
     check_acc_capacity(ar, d)
     inv_d = Fraction(1, d)  # rounded once, exactly, wherever it is used
     if rows.numel():
-        raw = [
-            None if p is None else as_tensor(p, name)[0]
-            for p, name in ((weight, "weight"), (bias, "bias"))
-        ]
-        fused = fused_rows(
-            settings, center=center, inv_d=inv_d, eps=eps, weight=raw[0], bias=raw[1]
-        )(rows, ar)
+        fused = fused_rows(settings, center=center, inv_d=inv_d, eps=eps, weight=weight, bias=bias)(
+            rows, ar
+        )
         if fused is not None:
-            return restore(fused.reshape(t.shape), ar.fmt if ar.emulated else None)
+            return restore(fused.view_as(t), ar.fmt if ar.emulated else None)
+    # flat carrier tensors of datapath values
+    w = None if weight is None else ar.quantize(weight.reshape(-1))
+    b = None if bias is None else ar.quantize(bias.reshape(-1))
     v = ar.quantize(rows).contiguous()
     if v.numel() == 0:
         return restore(v.reshape(t.shape), ar.fmt if ar.emulated else None)
@@ -139,7 +145,7 @@ def layer_norm(
     >>> layer_norm(x, (4,))
     tensor([[-1.3416, -0.4472,  0.4472,  1.3416]])
     """
-    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+    settings = iter_settings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
     eps = check_float(eps, "eps")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
@@ -170,7 +176,7 @@ def rms_norm(
     >>> rms_norm(torch.tensor([[3.0, 4.0]]), (2,))
     tensor([[0.8485, 1.1314]])
     """
-    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+    settings = iter_settings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
     if eps is None:
         # torch takes the epsilon of the dtype it computes in: float32 for
         # 16-bit inputs (whose own epsilon would swamp small activations).

@@ -29,7 +29,14 @@ from ._pipeline import (
     normalize_scalar,
     normalize_vector,
 )
-from ._validation import IterSettings, as_tensor, check_dim, check_int, optional_format
+from ._validation import (
+    IterSettings,
+    as_tensor,
+    check_dim,
+    check_int,
+    iter_settings,
+    optional_format,
+)
 
 __all__ = [
     "exact_normalize",
@@ -90,7 +97,7 @@ def fused_rows(
     """``fused`` for :func:`run_rows`: the compiled kernels where they apply."""
 
     def run(moved: torch.Tensor, ar: Arithmetic):
-        rows = moved.reshape(-1, moved.shape[-1])
+        rows = moved if moved.dim() == 2 else moved.reshape(-1, moved.shape[-1])
         if _fused.native_ok(moved, settings):
             out = _fused.native(
                 rows, settings, center=center, inv_d=float(inv_d), eps=eps, weight=weight, bias=bias
@@ -109,7 +116,7 @@ def fused_rows(
             )
         else:
             return None
-        return out.reshape(moved.shape)
+        return out if out.dim() == moved.dim() else out.view(moved.shape)
 
     return run
 
@@ -186,7 +193,7 @@ def iterl2norm(
         tensor([[0.5391, 0.7188],
                 [0.0000, 0.0000]])
     """
-    settings = IterSettings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+    settings = iter_settings(steps, update_rate, init, mode, fmt, acc_fmt, schedule)
     return run_rows(
         x,
         dim,

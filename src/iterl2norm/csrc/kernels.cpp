@@ -570,16 +570,34 @@ ALWAYS_INLINE void native_back_row(const BackArgs<T>& a, int64_t row, float* xh,
   // A vector so small that r leaves float's range: xhat in double (as the forward).
   const bool wide = std::fabs(scale) > 1e30;
   const float* w = a.w;
-  double dot = 0.0, sum_gw = 0.0, sum_xh = 0.0;
+  // The row sums in double for float rows (whose gradient is held to 2e-6); in
+  // float lanes for 16-bit rows, as torch sums them: their rounding is far below
+  // a 16-bit result's, and double lanes would halve the vector width.
+  using Acc = std::conditional_t<std::is_same_v<T, float>, double, float>;
+  Acc dot = 0, sum_gw = 0, sum_xh = 0;
+  if (!wide) {
 #pragma omp simd reduction(+ : dot, sum_gw, sum_xh)
-  for (int64_t i = 0; i < d; ++i) {
-    const float g = Io<T>::load(gr[i]);
-    const float xi = Io<T>::load(xr[i]);
-    xh[i] = wide ? (float)(((double)xi - mean) * scale) : (xi - m) * r;
-    gw[i] = w ? g * w[i] : g;
-    dot += (double)gw[i] * (double)xh[i];
-    sum_gw += gw[i];
-    sum_xh += xh[i];
+    for (int64_t i = 0; i < d; ++i) {
+      const float g = Io<T>::load(gr[i]);
+      const float h = (Io<T>::load(xr[i]) - m) * r;
+      const float q = w ? g * w[i] : g;
+      xh[i] = h;
+      gw[i] = q;
+      dot += (Acc)q * (Acc)h;
+      sum_gw += q;
+      sum_xh += h;
+    }
+  } else {
+    for (int64_t i = 0; i < d; ++i) {
+      const float g = Io<T>::load(gr[i]);
+      const float h = (float)(((double)Io<T>::load(xr[i]) - mean) * scale);
+      const float q = w ? g * w[i] : g;
+      xh[i] = h;
+      gw[i] = q;
+      dot += (Acc)q * (Acc)h;
+      sum_gw += q;
+      sum_xh += h;
+    }
   }
   if (dw) {
 #pragma omp simd
@@ -592,9 +610,10 @@ ALWAYS_INLINE void native_back_row(const BackArgs<T>& a, int64_t row, float* xh,
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) db[i] += Io<T>::load(gr[i]);
   }
-  const float k = (float)(dot * a.inv_d);
+  const float k = (float)((double)dot * a.inv_d);
   // The row mean of (gw - xhat k), subtracted when the forward centred.
-  const float shift = a.center ? (float)((sum_gw - sum_xh * (double)k) / (double)d) : 0.0f;
+  const float shift =
+      a.center ? (float)(((double)sum_gw - (double)sum_xh * (double)k) / (double)d) : 0.0f;
   if (!wide) {
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) out[i] = Io<T>::store(r * (gw[i] - xh[i] * k - shift));
