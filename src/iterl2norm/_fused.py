@@ -171,8 +171,8 @@ def native(
         t is not None and t.requires_grad for t in (x2d, weight, bias)
     ):
         return _NativeNorm.apply(x2d, weight, bias, center, inv_d, eps, scalar)
-    # Nothing to differentiate: the kernel alone, without autograd's bookkeeping
-    # (a tenth of a small call's time).
+    # Nothing to differentiate (inference): the kernel alone, without the
+    # autograd.Function's bookkeeping, a fixed cost that small calls feel.
     out, _, _ = _kernels.native_forward(
         x2d, _as_float(weight), _as_float(bias), center, inv_d, eps, *scalar
     )
