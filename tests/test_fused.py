@@ -219,3 +219,32 @@ def test_native_kernel_without_autograd_gives_the_same_bits():
     assert same(with_grad.detach(), plain)
     with torch.inference_mode():
         assert same(rms_norm(x, (96,), w), rms_norm(x, (96,), w.detach()))
+
+
+@pytest.mark.parametrize("magnitude", [2e38, 1e37, 1e-37, 1e-44])
+def test_native_kernel_rows_at_the_ends_of_float_range(magnitude):
+    # Scales near 2^-126 (huge rows) or beyond 2^126 (tiny rows) leave float's
+    # normal range: those rows are scaled in double, forward and backward.
+    gen = torch.Generator().manual_seed(4)
+    base = torch.rand(6, 40, generator=gen) + 0.5  # |x| / magnitude in [0.5, 1.5)
+    sign = torch.where(torch.rand(6, 40, generator=gen) < 0.5, -1.0, 1.0)
+    x64 = (base * sign).double() * magnitude
+    x = x64.float()
+    assert torch.isfinite(x).all() and (x != 0).all()
+    x64 = x.double()  # what the float input holds (subnormals included)
+    ref = x64 / x64.norm(dim=-1, keepdim=True)
+    xg = x.clone().requires_grad_(True)
+    out = iterl2norm(xg)
+    torch.testing.assert_close(out.double(), ref, **tol("iterl2norm", "native_fp32"))
+    w = torch.linspace(0.5, 1.5, 40)
+    y = rms_norm(x, (40,), w, eps=0.0).double()
+    ref_rms = x64 / x64.pow(2).mean(dim=-1, keepdim=True).sqrt() * w.double()
+    torch.testing.assert_close(y, ref_rms, **tol("rms_norm_forward", "native_fp32"))
+    probe = torch.randn(6, 40, generator=gen)
+    (g,) = torch.autograd.grad(out, xg, probe)
+    x64g = x64.clone().requires_grad_(True)
+    (g64,) = torch.autograd.grad(x64g / x64g.norm(dim=-1, keepdim=True), x64g, probe.double())
+    rtol, atol = tol("l2_backward_analytic", "native_fp32").values()
+    scale = g64.abs().max().item()
+    if scale < 1e38:  # the gradient of a row of size 1e-37 is ~1e37 and fits float
+        torch.testing.assert_close(g.double(), g64, rtol=rtol, atol=atol * scale)

@@ -33,12 +33,7 @@ def available() -> bool:
 
 
 def _eligible(x: torch.Tensor, settings: IterSettings) -> bool:
-    return (
-        available()
-        and settings.mode == "scalar"
-        and x.dtype in _FAST_DTYPES
-        and x.device.type == "cpu"
-    )
+    return available() and settings.mode == "scalar" and x.dtype in _FAST_DTYPES and x.is_cpu
 
 
 def native_ok(x: torch.Tensor, settings: IterSettings) -> bool:

@@ -33,9 +33,10 @@ def check_int(value, name: str, minimum: int = 0) -> int:
 
 
 def check_float(value, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    if type(value) is not float:  # the usual case skips the ABC check
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+        value = float(value)
     if not math.isfinite(value) or (positive and value <= 0):
         raise ValueError(
             f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}"
@@ -189,7 +190,7 @@ def as_tensor(x, name: str = "x") -> tuple[torch.Tensor, Restore]:
         dtype = t.dtype
         if emulated is not None and not in_fmt.holds(emulated):
             dtype = torch.float32 if FORMATS["fp32"].holds(emulated) else torch.float64
-        out = result.to(dtype)
+        out = result if result.dtype == dtype else result.to(dtype)
         return out.detach().numpy() if is_numpy else out
 
     return t, restore

@@ -367,6 +367,15 @@ ALWAYS_INLINE double native_moments(const typename Io<T>::Raw* xr, int64_t d, bo
   return q;
 }
 
+// Whether a row's scale is outside float's comfortable range: a vector so small
+// (or so large, near float's maximum) that its scale would overflow (or be
+// subnormal) in float. Those rows compute their output in double. Zero rows
+// (scale 0) and NaN rows stay on the float path, where they give 0 and NaN.
+ALWAYS_INLINE bool wide_scale(double scale) {
+  const double a = std::fabs(scale);
+  return a > 0x1.0p+100 || (a != 0.0 && a < 0x1.0p-100);
+}
+
 // q^-1/2 by the iteration: q = qn 4^j with qn in [1/2, 2), a(qn) 2^-j.
 ALWAYS_INLINE double native_scale(double q, const Scalar& sc) {
   if (!std::isfinite(q)) return std::numeric_limits<double>::quiet_NaN();  // NaN/Inf row
@@ -388,7 +397,7 @@ ALWAYS_INLINE void native_output(const NativeArgs<T>& a, int64_t row) {
   const double mean = a.mean_out[row], scale = a.scale_out[row];
   const float* w = a.w;
   const float* b = a.b;
-  if (!(std::fabs(scale) > 1e30)) {  // the usual row (or NaN): in float
+  if (!wide_scale(scale)) {  // the usual row (or NaN): in float
     const float m = (float)mean, r = (float)scale;
     if (w && b) {
 #pragma omp simd
@@ -400,7 +409,7 @@ ALWAYS_INLINE void native_output(const NativeArgs<T>& a, int64_t row) {
 #pragma omp simd
       for (int64_t i = 0; i < d; ++i) yr[i] = Io<T>::store((Io<T>::load(xr[i]) - m) * r);
     }
-  } else {  // a vector so small that its scale leaves float's range
+  } else {  // a vector so small or so large that its scale leaves float's range
     for (int64_t i = 0; i < d; ++i) {
       float z = (float)(((double)Io<T>::load(xr[i]) - mean) * scale);
       if (w) z = z * w[i];
@@ -567,8 +576,8 @@ ALWAYS_INLINE void native_back_row(const BackArgs<T>& a, int64_t row, float* xh,
   Raw* out = reinterpret_cast<Raw*>(a.dx) + row * d;
   const double mean = a.mean[row], scale = a.scale[row];
   const float m = (float)mean, r = (float)scale;
-  // A vector so small that r leaves float's range: xhat in double (as the forward).
-  const bool wide = std::fabs(scale) > 1e30;
+  // A scale outside float's range: xhat in double (as the forward).
+  const bool wide = wide_scale(scale);
   const float* w = a.w;
   // The row sums in double for float rows (whose gradient is held to 2e-6); in
   // float lanes for 16-bit rows, as torch sums them: their rounding is far below
