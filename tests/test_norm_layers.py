@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from iterl2norm import IterLayerNorm, IterRMSNorm, layer_norm, rms_norm, round_to_format
@@ -85,6 +86,27 @@ def test_16_bit_inputs_match_torch_within_one_ulp(dtype):
     assert y.dtype == dtype
     name = "native_bf16" if dtype == torch.bfloat16 else "native_fp16"
     torch.testing.assert_close(y.float(), y_ref.float(), **tol("layer_norm_forward", name))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_rows_with_an_outlier_first_match_torch(dtype):
+    # The kernel sums about the first element in one pass, and sums again about
+    # the mean where that element lies far out (the one-pass sum would cancel).
+    x = torch.randn(6, 384, generator=torch.Generator().manual_seed(5))
+    x[0, 0] = 100.0  # K far out: the second pass
+    x[1, 0] = -40.0
+    x[2] += 300.0  # a large mean, K near it: one pass
+    x[3, 0], x[3, 1:] = 3.0, x[3, 1:] * 1e-3  # a spike over a near-constant row
+    x = x.to(dtype)
+    ref = _randomize(nn.LayerNorm(384, dtype=dtype), seed=3)
+    ours = IterLayerNorm.from_module(ref)
+    with torch.no_grad():
+        y = ours(x)
+        # against float64, not torch: on row 2 torch's own float mean is off by
+        # ~1e-5, which near-zero outputs (normalized value cancelling the bias) show
+        y64 = F.layer_norm(x.double(), (384,), ref.weight.double(), ref.bias.double(), eps=ref.eps)
+    name = "native_bf16" if dtype == torch.bfloat16 else "native_fp16"
+    torch.testing.assert_close(y.double(), y64, **tol("layer_norm_forward", name))
 
 
 @pytest.mark.parametrize(

@@ -253,51 +253,62 @@ ALWAYS_INLINE float mul_add(float a, float b, float c) {
   else return a * b + c;
 }
 
-// For 16-bit rows: the mean and the centred mean square in float, as torch
-// computes them, in two passes of 32 float lanes each folded in double. The
-// rounding of float partial sums (about d/32 ulps) is far below a 16-bit
-// result's. False when float's range was not enough (bfloat16 spans float's
-// exponent range: squares of |x| > 2^63 overflow, of |x| < 2^-63 underflow),
-// or the row has a NaN, Inf or only zeros: then the double pass decides.
+// For 16-bit rows: the mean and the centred sum of squares in float, in 32
+// float lanes folded pairwise. One pass sums y = x - K and y^2 about the first
+// element K (so a constant row centres to exactly 0); for 16-bit values y and
+// y^2 are mostly exact in float, and the lane sums round about d/32 times, far
+// below a 16-bit result's ulp. The centred sum S2 - S1^2/d cancels by the factor
+// S2 / (S2 - S1^2/d), which is 1 + (K - mean)^2 / var: where that exceeds 16
+// (K far out in its row) a second pass sums the squares about the mean instead.
+// False when float's range was not enough (bfloat16 spans float's exponent
+// range: squares of |x| > 2^63 overflow, of |x| < 2^-63 underflow), or the row
+// has a NaN, Inf or only zeros: then the double pass decides.
 template <typename T, bool kFma>
 ALWAYS_INLINE bool float_moments(const typename Io<T>::Raw* xr, int64_t d, bool center,
                                  double inv_d, double* mean_out, double* sq_out) {
   constexpr int64_t kLanes = 32;
-  auto fold = [](const float* p) {
-    double lanes[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = p[l];
+  auto fold = [](float* p) {
     for (int64_t width = kLanes / 2; width > 0; width /= 2)
-      for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-    return lanes[0];
+      for (int64_t l = 0; l < width; ++l) p[l] += p[l + width];
+    return (double)p[0];
   };
-  double mean = 0.0;
-  if (center) {  // about the first element, so a constant row centres to exactly 0
-    const float k = Io<T>::load(xr[0]);
-    float p[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= d; i += kLanes) {
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) p[l] += Io<T>::load(xr[i + l]) - k;
-    }
-    for (int64_t l = 0; i < d; ++i, ++l) p[l] += Io<T>::load(xr[i]) - k;
-    mean = k + fold(p) * inv_d;
-  }
-  const float m = (float)mean;
-  float p[kLanes] = {};
+  const float k = center ? Io<T>::load(xr[0]) : 0.0f;
+  float p1[kLanes] = {}, p2[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= d; i += kLanes) {
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) {
-      const float y = Io<T>::load(xr[i + l]) - m;
-      p[l] = mul_add<kFma>(y, y, p[l]);
+      const float y = Io<T>::load(xr[i + l]) - k;
+      p1[l] += y;
+      p2[l] = mul_add<kFma>(y, y, p2[l]);
     }
   }
   for (int64_t l = 0; i < d; ++i, ++l) {
-    const float y = Io<T>::load(xr[i]) - m;
-    p[l] = mul_add<kFma>(y, y, p[l]);
+    const float y = Io<T>::load(xr[i]) - k;
+    p1[l] += y;
+    p2[l] = mul_add<kFma>(y, y, p2[l]);
   }
-  const double sq = fold(p);
-  if (!(sq >= 0x1.0p-64 && sq <= 0x1.0p+120)) return false;  // also NaN
+  const double s1 = center ? fold(p1) : 0.0, s2 = fold(p2);
+  if (!(s2 >= 0x1.0p-64 && s2 <= 0x1.0p+120)) return false;  // also NaN
+  const double mean = k + s1 * inv_d, shift = s1 * (s1 * inv_d);
+  double sq = s2 - shift;
+  if (shift > s2 * (15.0 / 16.0)) {  // cancels by more than 16: sum about the mean
+    const float m = (float)mean;
+    float p[kLanes] = {};
+    for (i = 0; i + kLanes <= d; i += kLanes) {
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const float y = Io<T>::load(xr[i + l]) - m;
+        p[l] = mul_add<kFma>(y, y, p[l]);
+      }
+    }
+    for (int64_t l = 0; i < d; ++i, ++l) {
+      const float y = Io<T>::load(xr[i]) - m;
+      p[l] = mul_add<kFma>(y, y, p[l]);
+    }
+    sq = fold(p);
+    if (!(sq >= 0x1.0p-64 && sq <= 0x1.0p+120)) return false;
+  }
   *mean_out = mean;
   *sq_out = sq;
   return true;
