@@ -68,6 +68,7 @@ def test_full_plan_times_torch_ops_and_the_call_cost_in_rounds_of_their_own():
         "iterl2norm fmt=bf16 (torch ops)",
     }
     assert by_case["call"] == {"F.layer_norm", "layer_norm"}
+    assert by_case["page_faults"] == {"fill_ reused tensor", "fill_ fresh tensor"}
     rounds = {(r.case, r.rounds) for r in rows}
     assert ("forward", 2 * plan.rounds + 1) in rounds and ("backward", plan.rounds) in rounds
 

@@ -239,6 +239,19 @@ def _torch_ops_methods(x: torch.Tensor) -> tuple[dict, dict]:
     return methods, references
 
 
+def _page_fault_methods(x: torch.Tensor) -> tuple[dict, dict]:
+    """Writing a tensor that was just allocated against rewriting one already
+    touched: what a fresh output's page faults cost (a large allocation gets
+    new pages from the OS on every call)."""
+    reused = torch.empty_like(x)
+    reused.fill_(1.0)
+    methods = {
+        "fill_ reused tensor": lambda: reused.fill_(1.0),
+        "fill_ fresh tensor": lambda: torch.empty_like(x).fill_(1.0),
+    }
+    return methods, {name: "fill_ reused tensor" for name in methods}
+
+
 def _call_methods(x: torch.Tensor) -> tuple[dict, dict]:
     """A few short rows: the fixed cost of one call (argument checks, dispatch),
     which the large shapes hide."""
@@ -356,7 +369,11 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
     cases += [("backward", s, dt) for s in backward_shapes for dt in DTYPES]
     cases += [("emulation", plan.emulation_shape, "fp32")]
     if not plan.quick:
-        cases += [("torch_ops", plan.emulation_shape, "fp32"), ("call", CALL_SHAPE, "fp32")]
+        cases += [
+            ("torch_ops", plan.emulation_shape, "fp32"),
+            ("page_faults", plan.emulation_shape, "fp32"),
+            ("call", CALL_SHAPE, "fp32"),
+        ]
     with_model = plan.model and model_available()
     total = sum(plan.rounds_of(case) for case, _, _ in cases)
     total += max(3, plan.rounds // 3) if with_model else 0
@@ -377,6 +394,7 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
             "backward": _backward_methods,
             "emulation": _emulation_methods,
             "torch_ops": _torch_ops_methods,
+            "page_faults": _page_fault_methods,
             "call": _call_methods,
         }
         methods, refs = builders[case](x)
