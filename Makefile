@@ -31,8 +31,8 @@ study: install
 demo: install
 	$(BIN)/iterl2norm demo
 
-# The speed record: every case, appended to benchmarks/results.csv (about 10
-# minutes; run on a quiet machine).
+# The speed record: every case, appended to benchmarks/results.csv (about 4
+# minutes; run on a quiet machine). docs/SPEED.md reads it.
 bench: install
 	$(BIN)/iterl2norm bench --csv benchmarks/results.csv --json benchmarks/latest.json
 
