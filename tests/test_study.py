@@ -31,7 +31,7 @@ from iterl2norm.study.convergence import (
     full_precision_steps,
     steps_to_converge,
 )
-from iterl2norm.study.inputs import make_inputs
+from iterl2norm.study.inputs import make_inputs, row_statistics
 from iterl2norm.study.precision import method_runs, outputs
 from iterl2norm.study.report import pareto, wins
 
@@ -247,7 +247,24 @@ def test_convergence_part_alone_and_real_inputs(tmp_path):
     data = json.loads((out / "results.json").read_text())
     rows = [r for r in data["precision"] if r["input"] == "file"]
     assert rows and {r["d"] for r in rows} == {96} and rows[0]["vectors"] == 39
-    assert "acts.npy" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "acts.npy" in report and "nine OPT models" not in report  # d = 64 only
+    stats = data["config"]["input_file_stats"]
+    clean = np.delete(acts, 3, axis=0).astype(np.float64)
+    rms = np.sqrt((clean**2).mean(axis=1))
+    assert stats["rms_min"] == pytest.approx(rms.min())
+    assert stats["peak_over_rms_max"] == pytest.approx((np.abs(clean).max(axis=1) / rms).max())
+    assert f"{stats['peak_over_rms_median']:.3g} and at most" in report
+
+
+def test_row_statistics_tell_a_spike_from_gaussian_rows():
+    rows = torch.zeros(3, 100, dtype=torch.float64)
+    rows[0, 7] = 5.0  # one spike: the whole norm
+    rows[1] = 2.0  # constant
+    stats = row_statistics(rows)  # the zero row is left out
+    assert stats["peak_over_rms_max"] == pytest.approx(10.0)  # sqrt(d)
+    assert stats["peak_over_rms_median"] == pytest.approx(1.0)  # torch: the lower middle
+    assert stats["rms_min"] == pytest.approx(0.5) and stats["rms_max"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,9 @@ import torch
 from .. import __version__
 from ..formats import get_format
 from .convergence import INITS, RATES, convergence_rows, method_rows
-from .inputs import KINDS, load_rows, make_inputs
+from .inputs import KINDS, OPT_DIMS, load_rows, make_inputs, row_statistics
 from .precision import precision_rows
 
-# The embedding lengths of the nine OPT models (the paper's table).
-OPT_DIMS = (768, 1024, 2048, 2560, 4096, 5120, 7168, 9216, 12288)
 FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 PARTS = ("precision", "convergence")
 
@@ -153,6 +151,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
     results["environment"]["seconds"] = f"{time.perf_counter() - start:.1f}"
     if file_rows is not None:
         results["config"]["input_file_rows"] = file_rows.shape[0]
+        results["config"]["input_file_stats"] = row_statistics(file_rows)
     return results
 
 

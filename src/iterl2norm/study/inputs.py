@@ -14,6 +14,8 @@ import torch
 
 from ..formats import get_format, round_to_format
 
+# The embedding lengths of the nine OPT models (the paper's table).
+OPT_DIMS = (768, 1024, 2048, 2560, 4096, 5120, 7168, 9216, 12288)
 KINDS = ("gaussian", "scaled", "outliers")
 DESCRIPTIONS = {
     "gaussian": "N(0, 1) elements",
@@ -42,6 +44,21 @@ def make_inputs(kind: str, d: int, n: int, fmt: str, seed: int) -> torch.Tensor:
     elif kind != "gaussian":
         raise ValueError(f"unknown input kind {kind!r}; choose one of {', '.join(KINDS)}")
     return round_to_format(x, f)
+
+
+def row_statistics(rows: torch.Tensor) -> dict[str, float]:
+    """How far the rows are from Gaussian ones: the largest |x| over the rms
+    (about 3.5 for Gaussian rows of a few hundred, sqrt(d) for a single spike)
+    and the spread of the rms itself. Zero rows are left out."""
+    rms = rows.pow(2).mean(dim=1).sqrt()
+    keep = rms > 0
+    peak = rows[keep].abs().amax(dim=1) / rms[keep]
+    return {
+        "peak_over_rms_median": float(peak.median()) if keep.any() else 0.0,
+        "peak_over_rms_max": float(peak.max()) if keep.any() else 0.0,
+        "rms_min": float(rms[keep].min()) if keep.any() else 0.0,
+        "rms_max": float(rms.max()),
+    }
 
 
 def load_rows(path: str | Path, max_rows: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._markdown import table
 from .convergence import PEERS, full_precision_steps, steps_to_converge
-from .inputs import DESCRIPTIONS
+from .inputs import DESCRIPTIONS, OPT_DIMS
 
 # The paper's win counts of IterL2Norm (5 steps) over FISR (1 step), out of 9.
 PAPER_WINS = {"fp32": "6/9", "bf16": "5/9"}
@@ -65,6 +65,18 @@ def pareto(points: list[tuple[int, float]]) -> list[bool]:
         not any((c2 <= c and e2 < e) or (c2 < c and e2 <= e) for c2, e2 in points)
         for c, e in points
     ]
+
+
+def _file_description(cfg: dict) -> str:
+    text = f" (`{cfg['input_file']}`, {cfg.get('input_file_rows', '?')} rows"
+    stats = cfg.get("input_file_stats")
+    if stats:
+        text += (
+            f"; the largest |x| is a median {stats['peak_over_rms_median']:.3g} and at most "
+            f"{stats['peak_over_rms_max']:.3g} times the row's rms (Gaussian rows: about 3.5), "
+            f"rms from {stats['rms_min']:.3g} to {stats['rms_max']:.3g}"
+        )
+    return text + ")"
 
 
 def _precision_section(results: dict) -> list[str]:
@@ -452,8 +464,9 @@ def render(results: dict, command: str) -> str:
         f"numpy {env['numpy']}, Python {env['python']}; {env['platform']}, "
         f"{env['cpu_threads']} threads; {env['date']}; {env.get('seconds', '?')} s.",
         "",
-        f"Formats {', '.join(cfg['formats'])}; d = {', '.join(map(str, cfg['dims']))} (the "
-        f"nine OPT models); {cfg['vectors']} vectors per (format, d, input); seed "
+        f"Formats {', '.join(cfg['formats'])}; d = {', '.join(map(str, cfg['dims']))}"
+        f"{' (the nine OPT models)' if tuple(cfg['dims']) == OPT_DIMS else ''}; "
+        f"{cfg['vectors']} vectors per (format, d, input); seed "
         f"{cfg['seed']}. Each method is emulated bit-accurately in the format "
         "(docs/ALGORITHM.md) with fp32 accumulation for 8- and 16-bit formats; inputs are "
         "rounded to the format first and the reference is float64 of the rounded input.",
@@ -461,12 +474,7 @@ def render(results: dict, command: str) -> str:
         "Inputs:",
         "",
         *(
-            f"- **{k}**: {DESCRIPTIONS[k]}"
-            + (
-                f" (`{cfg['input_file']}`, {cfg.get('input_file_rows', '?')} rows)"
-                if k == "file"
-                else ""
-            )
+            f"- **{k}**: {DESCRIPTIONS[k]}" + (_file_description(cfg) if k == "file" else "")
             for k in inputs
         ),
         "",
