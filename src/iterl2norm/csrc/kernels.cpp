@@ -594,12 +594,16 @@ ALWAYS_INLINE void native_back_row(const BackArgs<T>& a, int64_t row, float* xh,
   // float lanes for 16-bit rows, as torch sums them: their rounding is far below
   // a 16-bit result's, and double lanes would halve the vector width.
   using Acc = std::conditional_t<std::is_same_v<T, float>, double, float>;
-  Acc dot = 0, sum_gw = 0, sum_xh = 0;
-  if (!wide) {
+  struct Sums {
+    Acc dot, gw, xh;
+  };
+  // xhat, gw and the sums of gw * xhat, gw and xhat, for either way of computing xhat_i
+  auto row_sums = [&](auto xhat) {
+    Acc dot = 0, sum_gw = 0, sum_xh = 0;
 #pragma omp simd reduction(+ : dot, sum_gw, sum_xh)
     for (int64_t i = 0; i < d; ++i) {
       const float g = Io<T>::load(gr[i]);
-      const float h = (Io<T>::load(xr[i]) - m) * r;
+      const float h = xhat(Io<T>::load(xr[i]));
       const float q = w ? g * w[i] : g;
       xh[i] = h;
       gw[i] = q;
@@ -607,18 +611,11 @@ ALWAYS_INLINE void native_back_row(const BackArgs<T>& a, int64_t row, float* xh,
       sum_gw += q;
       sum_xh += h;
     }
-  } else {
-    for (int64_t i = 0; i < d; ++i) {
-      const float g = Io<T>::load(gr[i]);
-      const float h = (float)(((double)Io<T>::load(xr[i]) - mean) * scale);
-      const float q = w ? g * w[i] : g;
-      xh[i] = h;
-      gw[i] = q;
-      dot += (Acc)q * (Acc)h;
-      sum_gw += q;
-      sum_xh += h;
-    }
-  }
+    return Sums{dot, sum_gw, sum_xh};
+  };
+  const Sums sums = wide ? row_sums([&](float xi) { return (float)(((double)xi - mean) * scale); })
+                         : row_sums([&](float xi) { return (xi - m) * r; });
+  const Acc dot = sums.dot, sum_gw = sums.gw, sum_xh = sums.xh;
   if (dw) {
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) {
