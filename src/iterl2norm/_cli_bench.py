@@ -6,6 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
+from ._cli_args import check_output_path
 from ._markdown import table
 
 
@@ -39,10 +40,8 @@ def run(args, argv) -> int:
     from . import bench
 
     plan = bench.Plan(quick=args.quick, model=not args.no_model)
-    outputs = [Path(p) for p in (args.csv, args.json) if p]
-    for path in outputs:  # fail before minutes of timing, not after
-        if path.parent and not path.parent.exists():
-            raise ValueError(f"directory {str(path.parent)!r} does not exist")
+    check_output_path(args.csv)
+    check_output_path(args.json)
     rows = bench.run(plan, progress=not args.no_progress)
     env = bench.environment()
     print(

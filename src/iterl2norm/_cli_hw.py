@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ._cli_args import check_output_path
 from ._markdown import table
 
 DIMS = (64, 128, 256, 512, 768, 1024)
@@ -82,8 +83,7 @@ def run(args, argv) -> int:
     }
     presets = [cfg.with_(**overrides) for cfg in presets]
 
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise ValueError(f"cannot write {args.json!r}: its directory does not exist")
+    check_output_path(args.json)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed)
     results = []

