@@ -171,47 +171,6 @@ class Machine:
         return level[0]
 
 
-def _scalar_steps(m: Machine, qn: Value, a: Value) -> Value:
-    """The configured iteration on the scalar unit, one operation at a time."""
-    cfg, ar = m.cfg, m.ar
-    mul = lambda x, y: ar.rnd(x * y)  # noqa: E731
-    sub = lambda x, y: ar.rnd(x - y)  # noqa: E731
-    add = lambda x, y: ar.rnd(x + y)  # noqa: E731
-
-    def scaled(c: float, v: Value) -> Value:  # c * v: a shift when c = 2^k, else a multiply
-        cc = ar.const(c)
-        if math.frexp(cc)[0] == 0.5:
-            return m.op("exp", "exp", lambda x: ar.rnd(cc * x), v)
-        return m.op("scalar.mul", "mul", lambda x: ar.rnd(cc * x), v)
-
-    if cfg.method == "fisr":
-        h = scaled(0.5, qn)
-        for _ in range(cfg.steps):
-            t = m.op("scalar.mul", "mul", mul, h, a)
-            t = m.op("scalar.mul", "mul", mul, t, a)
-            k = m.const(ar.const(1.5))
-            t = m.op("scalar.add", "add", sub, k, t)
-            a = m.op("scalar.mul", "mul", mul, a, t)
-        return a
-    if cfg.schedule is not None and cfg.schedule != "paper":
-        for gamma, beta in get_schedule(cfg.schedule).step_constants(cfg.steps):
-            t = m.op("scalar.mul", "mul", mul, a, a)
-            u = m.op("scalar.mul", "mul", mul, t, qn)
-            v = scaled(beta, u)
-            e = m.op("scalar.add", "add", sub, m.const(ar.const(gamma)), v)
-            h = m.op("scalar.mul", "mul", mul, a, e)
-            a = m.op("scalar.add", "add", add, a, h)
-        return a
-    for _ in range(cfg.steps):  # the paper's Euler step, update rate 1/2
-        t = m.op("scalar.mul", "mul", mul, a, a)
-        u = m.op("scalar.mul", "mul", mul, t, qn)
-        e = m.op("scalar.add", "add", sub, m.const(1.0), u)
-        g = scaled(0.5, e)
-        h = m.op("scalar.mul", "mul", mul, a, g)
-        a = m.op("scalar.add", "add", add, a, h)
-    return a
-
-
 def _start(m: Machine, qn: Value) -> Value:
     cfg, ar = m.cfg, m.ar
     if cfg.method == "fisr":
