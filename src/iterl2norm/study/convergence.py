@@ -72,16 +72,33 @@ def _arithmetic(fmt: str) -> Arithmetic:
     return Arithmetic.resolve(torch.float64, fmt)
 
 
+class _Sweep:
+    """Every q of a format (every ``stride``-th), its exact and correctly rounded
+    q^-1/2, and the same q in the carrier of the format's arithmetic."""
+
+    def __init__(self, fmt: str, stride: int):
+        self.q64 = every_q(fmt, stride)
+        self.exact = torch.sqrt(self.q64)
+        self.target = correctly_rounded_rsqrt(self.q64, fmt)
+        self.ulp = _ulp(self.target, fmt)
+        self.ar = _arithmetic(fmt)
+        self.qn = self.q64.to(self.ar.carrier)
+
+    def worst(self, a: torch.Tensor) -> dict:
+        """The worst case of estimates ``a`` of q^-1/2 over the sweep."""
+        a64 = a.to(torch.float64)
+        return {
+            "worst_rel": (a64 * self.exact - 1).abs().max().item(),
+            "worst_ulps": ((a64 - self.target).abs() / self.ulp).max().item(),
+        }
+
+
 def convergence_rows(
     fmt: str, max_steps: int, *, inits=INITS, rates=RATES, stride: int = 1
 ) -> list[dict]:
     """Worst-case error per step for every (init, rate) on every q of ``fmt``."""
-    q64 = every_q(fmt, stride)
-    exact = torch.sqrt(q64)
-    target = correctly_rounded_rsqrt(q64, fmt)
-    ulp = _ulp(target, fmt)
-    ar = _arithmetic(fmt)
-    qn = q64.to(ar.carrier)
+    sweep = _Sweep(fmt, stride)
+    qn, ar = sweep.qn, sweep.ar
     rows = []
     for init in inits:
         for rate in rates:
@@ -89,17 +106,15 @@ def convergence_rows(
             for n in range(max_steps + 1):
                 if n:
                     a = rsqrt.euler_steps(qn, a, ar, [rate])
-                a64 = a.to(torch.float64)
                 rows.append(
                     {
                         "format": fmt,
                         "init": init,
                         "update_rate": rate,
                         "steps": n,
-                        "inputs": q64.numel(),
+                        "inputs": sweep.q64.numel(),
                         "stride": stride,
-                        "worst_rel": (a64 * exact - 1).abs().max().item(),
-                        "worst_ulps": ((a64 - target).abs() / ulp).max().item(),
+                        **sweep.worst(a),
                     }
                 )
     return rows
@@ -120,12 +135,8 @@ def method_rows(
     from ..cost import estimate_cost
     from ..schedules import estimate, get_schedule
 
-    q64 = every_q(fmt, stride)
-    exact = torch.sqrt(q64)
-    target = correctly_rounded_rsqrt(q64, fmt)
-    ulp = _ulp(target, fmt)
-    ar = _arithmetic(fmt)
-    qn = q64.to(ar.carrier)
+    sweep = _Sweep(fmt, stride)
+    qn, ar = sweep.qn, sweep.ar
     named = {name: get_schedule(name) for name in schedules}
     runs = [
         (
@@ -148,17 +159,15 @@ def method_rows(
     rows = []
     for name, run, last, cost in runs:
         for n in range(last + 1):
-            a64 = run(n).to(torch.float64)
             rows.append(
                 {
                     "format": fmt,
                     "method": name,
                     "steps": n,
-                    "inputs": q64.numel(),
+                    "inputs": sweep.q64.numel(),
                     "stride": stride,
                     "multiplies": cost(n).multiplies,
-                    "worst_rel": (a64 * exact - 1).abs().max().item(),
-                    "worst_ulps": ((a64 - target).abs() / ulp).max().item(),
+                    **sweep.worst(run(n)),
                 }
             )
     return rows
