@@ -139,32 +139,31 @@ def _affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w, b
 
 
-def _forward_methods(x: torch.Tensor) -> tuple[dict, dict]:
+# A case's methods in groups keyed by their reference, which each group holds:
+# {reference: {method: call}}.
+Groups = dict[str, dict[str, Callable[[], object]]]
+
+
+def _forward_methods(x: torch.Tensor) -> Groups:
     d = x.shape[-1]
     w, b = _affine(x)
     floor = torch.empty_like(x)
-    methods = {
-        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
-        "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
-        "copy_": lambda: floor.copy_(x),
-        "F.rms_norm": lambda: F.rms_norm(x, (d,), w),
-        "rms_norm": lambda: functional.rms_norm(x, (d,), w),
-        "F.normalize": lambda: F.normalize(x, dim=-1),
-        "iterl2norm": lambda: iterl2norm(x),
+    return {
+        "F.layer_norm": {
+            "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
+            "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
+            "copy_": lambda: floor.copy_(x),
+        },
+        "F.rms_norm": {
+            "F.rms_norm": lambda: F.rms_norm(x, (d,), w),
+            "rms_norm": lambda: functional.rms_norm(x, (d,), w),
+            "F.normalize": lambda: F.normalize(x, dim=-1),
+            "iterl2norm": lambda: iterl2norm(x),
+        },
     }
-    references = {
-        "F.layer_norm": "F.layer_norm",
-        "layer_norm": "F.layer_norm",
-        "copy_": "F.layer_norm",
-        "F.rms_norm": "F.rms_norm",
-        "rms_norm": "F.rms_norm",
-        "F.normalize": "F.rms_norm",
-        "iterl2norm": "F.rms_norm",
-    }
-    return methods, references
 
 
-def _backward_methods(x: torch.Tensor) -> tuple[dict, dict]:
+def _backward_methods(x: torch.Tensor) -> Groups:
     d = x.shape[-1]
     gen = torch.Generator().manual_seed(2)
     xg = x.detach().clone().requires_grad_(True)
@@ -179,37 +178,30 @@ def _backward_methods(x: torch.Tensor) -> tuple[dict, dict]:
 
         return run
 
-    methods = {
-        "F.layer_norm fwd+bwd": both(F.layer_norm, w, b),
-        "layer_norm fwd+bwd": both(functional.layer_norm, w, b),
-        "F.rms_norm fwd+bwd": both(F.rms_norm, w),
-        "rms_norm fwd+bwd": both(functional.rms_norm, w),
+    return {
+        "F.layer_norm fwd+bwd": {
+            "F.layer_norm fwd+bwd": both(F.layer_norm, w, b),
+            "layer_norm fwd+bwd": both(functional.layer_norm, w, b),
+        },
+        "F.rms_norm fwd+bwd": {
+            "F.rms_norm fwd+bwd": both(F.rms_norm, w),
+            "rms_norm fwd+bwd": both(functional.rms_norm, w),
+        },
     }
-    references = {
-        "F.layer_norm fwd+bwd": "F.layer_norm fwd+bwd",
-        "layer_norm fwd+bwd": "F.layer_norm fwd+bwd",
-        "F.rms_norm fwd+bwd": "F.rms_norm fwd+bwd",
-        "rms_norm fwd+bwd": "F.rms_norm fwd+bwd",
-    }
-    return methods, references
 
 
-def _emulation_methods(x: torch.Tensor) -> tuple[dict, dict]:
+def _emulation_methods(x: torch.Tensor) -> Groups:
     d = x.shape[-1]
-    methods: dict[str, Callable] = {"iterl2norm": lambda: iterl2norm(x)}
-    references = {"iterl2norm": "iterl2norm"}
+    l2: dict[str, Callable[[], object]] = {"iterl2norm": lambda: iterl2norm(x)}
     for fmt in EMULATED:
-        methods[f"iterl2norm fmt={fmt}"] = lambda fmt=fmt: iterl2norm(x, fmt=fmt)
-        references[f"iterl2norm fmt={fmt}"] = "iterl2norm"
-    methods["layer_norm"] = lambda: functional.layer_norm(x, (d,))
-    references["layer_norm"] = "layer_norm"
+        l2[f"iterl2norm fmt={fmt}"] = lambda fmt=fmt: iterl2norm(x, fmt=fmt)
+    ln: dict[str, Callable[[], object]] = {"layer_norm": lambda: functional.layer_norm(x, (d,))}
     for fmt in ("bf16", "fp16"):
-        methods[f"layer_norm fmt={fmt}"] = lambda fmt=fmt: functional.layer_norm(x, (d,), fmt=fmt)
-        references[f"layer_norm fmt={fmt}"] = "layer_norm"
-    return methods, references
+        ln[f"layer_norm fmt={fmt}"] = lambda fmt=fmt: functional.layer_norm(x, (d,), fmt=fmt)
+    return {"iterl2norm": l2, "layer_norm": ln}
 
 
-def _torch_ops_methods(x: torch.Tensor) -> tuple[dict, dict]:
+def _torch_ops_methods(x: torch.Tensor) -> Groups:
     """The torch-op paths the kernels replace, in rounds of their own: their
     large temporaries change what the allocator hands the other methods (fresh
     pages to fault in), so timing them among the others would slow those."""
@@ -224,44 +216,53 @@ def _torch_ops_methods(x: torch.Tensor) -> tuple[dict, dict]:
         with _kernels_off():
             return iterl2norm(x, fmt="bf16")
 
-    methods = {
-        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
-        "layer_norm (torch ops)": layer_norm_ops,
-        "iterl2norm": lambda: iterl2norm(x),
-        "iterl2norm fmt=bf16 (torch ops)": bf16_ops,
+    return {
+        "F.layer_norm": {
+            "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
+            "layer_norm (torch ops)": layer_norm_ops,
+        },
+        "iterl2norm": {
+            "iterl2norm": lambda: iterl2norm(x),
+            "iterl2norm fmt=bf16 (torch ops)": bf16_ops,
+        },
     }
-    references = {
-        "F.layer_norm": "F.layer_norm",
-        "layer_norm (torch ops)": "F.layer_norm",
-        "iterl2norm": "iterl2norm",
-        "iterl2norm fmt=bf16 (torch ops)": "iterl2norm",
-    }
-    return methods, references
 
 
-def _page_fault_methods(x: torch.Tensor) -> tuple[dict, dict]:
+def _page_fault_methods(x: torch.Tensor) -> Groups:
     """Writing a tensor that was just allocated against rewriting one already
     touched: what a fresh output's page faults cost (a large allocation gets
     new pages from the OS on every call)."""
     reused = torch.empty_like(x)
     reused.fill_(1.0)
-    methods = {
-        "fill_ reused tensor": lambda: reused.fill_(1.0),
-        "fill_ fresh tensor": lambda: torch.empty_like(x).fill_(1.0),
+    return {
+        "fill_ reused tensor": {
+            "fill_ reused tensor": lambda: reused.fill_(1.0),
+            "fill_ fresh tensor": lambda: torch.empty_like(x).fill_(1.0),
+        }
     }
-    return methods, {name: "fill_ reused tensor" for name in methods}
 
 
-def _call_methods(x: torch.Tensor) -> tuple[dict, dict]:
+def _call_methods(x: torch.Tensor) -> Groups:
     """A few short rows: the fixed cost of one call (argument checks, dispatch),
     which the large shapes hide."""
     d = x.shape[-1]
     w, b = _affine(x)
-    methods = {
-        "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
-        "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
+    return {
+        "F.layer_norm": {
+            "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
+            "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
+        }
     }
-    return methods, {name: "F.layer_norm" for name in methods}
+
+
+_CASES: dict[str, Callable[[torch.Tensor], Groups]] = {
+    "forward": _forward_methods,
+    "backward": _backward_methods,
+    "emulation": _emulation_methods,
+    "torch_ops": _torch_ops_methods,
+    "page_faults": _page_fault_methods,
+    "call": _call_methods,
+}
 
 
 _FIRST_CALL = """
@@ -389,19 +390,13 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
     for case, shape, dtype in cases:
         bar.set_postfix_str(f"{case} {'x'.join(map(str, shape))} {dtype}")
         x = torch.randn(shape, generator=gen).to(DTYPES[dtype])
-        builders = {
-            "forward": _forward_methods,
-            "backward": _backward_methods,
-            "emulation": _emulation_methods,
-            "torch_ops": _torch_ops_methods,
-            "page_faults": _page_fault_methods,
-            "call": _call_methods,
-        }
-        methods, refs = builders[case](x)
+        groups = _CASES[case](x)
+        methods = {name: fn for group in groups.values() for name, fn in group.items()}
+        refs = {name: ref for ref, group in groups.items() for name in group}
         rounds = plan.rounds_of(case)
         medians = round_robin(methods, rounds, plan.warmup, lambda: bar.update(1))
         rows += _rows(case, shape, dtype, medians, refs, rounds)
-        del x, methods
+        del x, methods, groups
     if with_model:
         bar.set_postfix_str("SmolLM2-135M")
         rows += _model_rows(plan, lambda: bar.update(1))
