@@ -2,6 +2,7 @@
 
     python scripts/derive_schedules.py            # print the tables
     python scripts/derive_schedules.py --write    # also regenerate src/iterl2norm/_schedule_data.py
+    python scripts/derive_schedules.py --check    # exit 1 unless it regenerates the committed file
 
 A step is a <- a + a * (gamma - beta * a^2 q), i.e. a * (alpha - beta u) with
 alpha = 1 + gamma (the paper's Euler step has gamma = beta = lambda). With
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -80,7 +82,7 @@ def minimax_free(lo: float, hi: float) -> tuple[float, float]:
     S = hi^2 + hi lo + lo^2, and f(tm) + f(lo) = 2."""
     s = hi * hi + hi * lo + lo * lo
     tm = math.sqrt(s / 3)
-    beta = 2 / (tm * 2 * s / 3 + s * lo - lo**3)
+    beta = 2 / (tm * 2 * s / 3 + s * lo - lo * lo * lo)
     return beta * s - 1, beta
 
 
@@ -146,12 +148,11 @@ def table_coefficients(segments: int) -> list[list[tuple[float, float]]]:
 def design_start(start: str, table) -> tuple[float, float]:
     """The exact-arithmetic interval of t_0 a start guarantees."""
     if start == "exponent":
-        return 2**-0.5, 2**0.5
+        return root(Fraction(1, 2), 2), root(Fraction(2), 2)
     if start == "exponent+mantissa":
-        return 2**-0.25, 2**0.25
+        return root(Fraction(1, 2), 4), root(Fraction(2), 4)
     if start == "magic":  # the FP32 trick's interval over every FP32 qn
-        t0 = _measured_t0("fp32", start, None)
-        return t0.min().item(), t0.max().item()
+        return measured_t0("fp32", start, None)
     worst = 0.0
     for parity, scale in enumerate((0.5, 1.0)):
         for i, (c0, c1) in enumerate(table[parity]):
@@ -176,14 +177,63 @@ def every_qn(fmt: str) -> torch.Tensor:
     return decode(fields, f)
 
 
-def _measured_t0(fmt: str, start: str, table) -> torch.Tensor:
+def measured_t0(fmt: str, start: str, table) -> tuple[float, float]:
+    """The interval of t_0 = a_0 sqrt(qn) over every qn of fmt, with a_0 as the
+    library's emulation of the start computes it, rounded outward to float64.
+
+    Exact: a float64 a_0^2 qn (two roundings, so within 2^-51 relative) finds
+    the few candidates for each extreme, whose t_0^2 is then compared as a
+    Fraction; the square root of the extremes is an integer square root. No
+    library square root or reduction of uncertain rounding decides a bit.
+    """
     ar = Arithmetic.resolve(torch.float64, fmt)
     qn = every_qn(fmt)
     if start == "table":
         a0 = rsqrt.table_start(qn, ar, table)
     else:
         a0 = rsqrt.initial_estimate(qn, ar, start)
-    return a0 * torch.sqrt(qn)
+    approx = a0 * a0 * qn
+
+    def extreme(pick, near):
+        candidates = torch.nonzero(near(approx)).flatten().tolist()
+        return pick(Fraction(a0[i].item()) ** 2 * Fraction(qn[i].item()) for i in candidates)
+
+    window = math.ldexp(1.0, -48)  # far wider than the float64 products' error
+    lo2 = extreme(min, lambda t: t <= t.min() * (1 + window))
+    hi2 = extreme(max, lambda t: t >= t.max() * (1 - window))
+    return root(lo2, 2, "down"), root(hi2, 2, "up")
+
+
+def root(x: Fraction, n: int, direction: str = "nearest") -> float:
+    """x ** (1/n) for x > 0 and n = 2 or 4, rounded to float64 to the nearest,
+    "down" or "up", by integer square roots alone."""
+    bits = 128  # fraction bits of the integer root: far beyond float64's 53
+    scaled = x * (1 << (n * bits))
+    # isqrt(floor(y)) = floor(sqrt(y)), and isqrt(isqrt(.)) the floor of the fourth root.
+    floor_root = math.isqrt(scaled.numerator // scaled.denominator)
+    if n == 4:
+        floor_root = math.isqrt(floor_root)
+    elif n != 2:
+        raise ValueError(f"root: n must be 2 or 4, got {n}")
+    exact = Fraction(floor_root) ** n == scaled
+    # The root lies in [floor_root, floor_root + 1) / 2**bits, at its left end iff exact.
+    if exact:
+        return _to_float(Fraction(floor_root, 1 << bits), direction)
+    if direction == "down":
+        return _to_float(Fraction(floor_root, 1 << bits), "down")
+    if direction == "up":
+        return _to_float(Fraction(floor_root + 1, 1 << bits), "up")
+    # Nearest: a point strictly inside the interval, which no float64 midpoint is.
+    return _to_float(Fraction(2 * floor_root + 1, 1 << (bits + 1)), "nearest")
+
+
+def _to_float(x: Fraction, direction: str) -> float:
+    f = float(x)  # nearest
+    if direction == "down" and Fraction(f) > x:
+        f = math.nextafter(f, -math.inf)
+    elif direction == "up" and Fraction(f) < x:
+        f = math.nextafter(f, math.inf)
+    return f
 
 
 # Bounds -------------------------------------------------------------------------------
@@ -191,17 +241,16 @@ def _measured_t0(fmt: str, start: str, table) -> torch.Tensor:
 
 def bounds(fmt: str, start: str, table, steps) -> list[float]:
     """Worst relative error of a_n after n = 0, 1, ... steps, in fmt, with rounding."""
-    u = 2.0 ** -(FORMATS[fmt].mantissa_bits + 1)
-    t0 = _measured_t0(fmt, start, table)
-    lo, hi = t0.min().item() * (1 - 1e-15), t0.max().item() * (1 + 1e-15)
+    u = math.ldexp(1.0, -(FORMATS[fmt].mantissa_bits + 1))
+    lo, hi = measured_t0(fmt, start, table)
     out = [max(1 - lo, hi - 1)]
     for gamma, beta in steps:
         gamma_f, beta_f = round_scalar(gamma, fmt), round_scalar(beta, fmt)
         b = max(1 - lo, hi - 1)
         fmin, fmax = image(lo, hi, gamma_f, beta_f)
-        e_max = abs(gamma_f) + beta_f * (1 + b) ** 2 * (1 + b)  # |gamma - beta u| <= this
+        e_max = abs(gamma_f) + beta_f * (1 + b) * (1 + b) * (1 + b)  # |gamma - beta u| <= this
         e_max = min(e_max, max(abs(gamma_f - beta_f * lo * lo), abs(gamma_f - beta_f * hi * hi)))
-        rho = 1 + 3 * beta_f * (1 + b) ** 2 + 2 * e_max
+        rho = 1 + 3 * beta_f * (1 + b) * (1 + b) + 2 * e_max
         lo, hi = fmin * (1 - rho * u), fmax * (1 + rho * u)
         out.append(max(1 - lo, hi - 1))
     return out
@@ -288,12 +337,19 @@ def report(data: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help=f"regenerate {DATA_FILE.name}")
+    parser.add_argument(
+        "--check", action="store_true", help=f"exit 1 unless the result is {DATA_FILE.name}"
+    )
     args = parser.parse_args(argv)
     data = derive()
     print(report(data))
     if args.write:
         DATA_FILE.write_text(render(data))
         print(f"wrote {DATA_FILE}")
+    if args.check:
+        same = render(data) == DATA_FILE.read_text()
+        print(f"{DATA_FILE.name}: {'regenerated identically' if same else 'DIFFERS'}")
+        return 0 if same else 1
     return 0
 
 

@@ -14,8 +14,10 @@ from iterl2norm.formats import (
     encode,
     fisr_magic,
     get_format,
+    pow2,
     round_scalar,
     round_to_format,
+    sqrt_rn,
 )
 
 # (name, max, smallest normal, smallest subnormal) as exact hex literals.
@@ -194,3 +196,82 @@ def test_get_format_accepts_names_and_dtypes():
     assert get_format(" BF16 ") is FORMATS["bf16"]
     assert get_format(torch.float8_e4m3fn) is FORMATS["fp8_e4m3"]
     assert math.isnan(round_scalar(float("nan"), "fp16"))
+
+
+# The correctly rounded square root ----------------------------------------------
+
+
+def _isqrt_int64(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) exactly, for int64 n < 2**53: a float64 estimate, then
+    integer corrections (the estimate is within one of the answer)."""
+    r = n.double().sqrt().floor().long()
+    for _ in range(2):
+        r = r - (r * r > n).long()
+        r = r + ((r + 1) * (r + 1) <= n).long()
+    return r
+
+
+def _sqrt_float32_by_integers(x: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded float32 square root of positive normal float32 x,
+    from an integer square root with a sticky bit: no floating-point root decides."""
+    m, e = torch.frexp(x.double())  # x = m 2**e, m in [1/2, 1)
+    big = (m * 2**24).long()  # 24 significant bits: x = big 2**(e - 24)
+    exp = e.long() - 24
+    odd = exp % 2 != 0
+    big, exp = torch.where(odd, big * 2, big), torch.where(odd, exp - 1, exp)
+    n = big << 28  # in [2**51, 2**53): a root of 26 or 27 bits
+    exp = exp - 28
+    root = _isqrt_int64(n)
+    sticky = root * root != n
+    shift = torch.where(root >= 1 << 26, 3, 2)  # down to 24 significant bits
+    kept, rest = root >> shift, root & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    up = (rest > half) | ((rest == half) & (sticky | (kept % 2 == 1)))
+    value = (kept + up.long()).double() * pow2(shift + exp // 2)  # exact powers of two
+    return value.float()
+
+
+def _sqrt_float64_by_integers(v: float) -> float:
+    """The correctly rounded float64 square root of a positive finite float, exactly."""
+    m, e = math.frexp(v)
+    big, exp = int(math.ldexp(m, 53)), e - 53  # v = big 2**exp
+    if exp % 2:
+        big, exp = big * 2, exp - 1
+    n, exp = big << 110, exp - 110
+    root = math.isqrt(n)
+    sticky = root * root != n
+    shift = root.bit_length() - 53
+    kept, rest = root >> shift, root & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if rest > half or (rest == half and (sticky or kept & 1)):
+        kept += 1
+    return math.ldexp(kept, shift + exp // 2)
+
+
+def test_sqrt_rn_float32_is_correctly_rounded_on_every_value_in_one_binade_pair():
+    # Every float32 in [1/2, 2): every significand of both exponent parities.
+    x = torch.arange(0x3F000000, 0x40000000, dtype=torch.int32).view(torch.float32)
+    assert torch.equal(sqrt_rn(x), _sqrt_float32_by_integers(x))
+
+
+def test_sqrt_rn_float64_is_correctly_rounded():
+    rng = np.random.Generator(np.random.PCG64(11))
+    mant = rng.integers(1 << 52, 1 << 53, size=20000, dtype=np.int64)
+    exps = rng.integers(-1074, 971, size=20000)
+    values = [math.ldexp(float(m), int(e)) for m, e in zip(mant, exps, strict=True)]
+    values += [5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 2.0, 0.5, 3.0]
+    values = [v for v in values if 0 < v < math.inf]
+    got = sqrt_rn(torch.tensor(values, dtype=torch.float64)).tolist()
+    assert got == [_sqrt_float64_by_integers(v) for v in values]
+
+
+def test_sqrt_rn_special_values_and_gradient():
+    x = torch.tensor([0.0, -0.0, math.inf, -1.0, math.nan, 4.0], dtype=torch.float64)
+    r = sqrt_rn(x)
+    assert r[:3].tolist() == [0.0, 0.0, math.inf] and math.copysign(1, r[1].item()) == -1
+    assert r[3:5].isnan().all() and r[5].item() == 2.0
+    q = torch.tensor([4.0, 0.25], requires_grad=True)
+    sqrt_rn(q).sum().backward()
+    assert q.grad.tolist() == [0.25, 1.0]  # 1 / (2 sqrt(q)), exact here
+    with pytest.raises(TypeError, match="float32 or float64"):
+        sqrt_rn(torch.tensor([4.0], dtype=torch.float16))

@@ -26,7 +26,7 @@ from fractions import Fraction
 
 import torch
 
-from .formats import FORMATS, Format, get_format, ldexp, round_scalar, round_to_format
+from .formats import FORMATS, Format, get_format, ldexp, round_scalar, round_to_format, sqrt_rn
 
 _FP32, _FP64 = FORMATS["fp32"], FORMATS["fp64"]
 
@@ -165,6 +165,13 @@ class Arithmetic:
         if s.requires_grad:
             s_odd = s + (s_odd - s).detach()
         return self.rnd(s_odd)
+
+    def sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        """The square root rounded once to the datapath format: the carrier's
+        correctly rounded root (never ``torch.sqrt``'s, which is not correctly
+        rounded on every CPU), then the datapath's rounding, which by the rule
+        above rounds the exact root once."""
+        return self.rnd(sqrt_rn(x))
 
     def scale(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         """``x * 2**n`` for integer tensor ``n``: exact whenever the result is normal."""

@@ -10,6 +10,7 @@ torch paths when :func:`native_ok` / :func:`emulated_ok` say no.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -27,9 +28,48 @@ except ImportError:  # installed without the compiled kernels
 ENABLED = True  # tests switch the kernels off to exercise the torch paths
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+# The kernels' instruction-set variants, narrowest first; ITERL2NORM_ISA picks
+# one (default: the widest the CPU runs). The emulation gives the same bits in
+# every variant, which the tests check by running each.
+ISA_ENV = "ITERL2NORM_ISA"
+ISA_VARIANTS = ("baseline", "avx2", "avx512")
+_isa_applied = False
+
+
+def apply_isa_override() -> None:
+    """Set the variant ITERL2NORM_ISA names; a ValueError naming the value if
+    it is unknown or this CPU cannot run it."""
+    global _isa_applied
+    raw = os.environ.get(ISA_ENV, "")
+    name = raw.strip().lower()
+    if name:
+        if name not in ISA_VARIANTS:
+            raise ValueError(
+                f"{ISA_ENV}={raw!r} is not an instruction-set variant of the kernels; "
+                f"choose one of {', '.join(ISA_VARIANTS)}"
+            )
+        supported = _kernels.supported_isas()
+        if name not in supported:
+            raise ValueError(f"{ISA_ENV}={raw!r}: this CPU runs only {', '.join(supported)}")
+        _kernels.set_isa(name)
+    _isa_applied = True
+
+
+def isa() -> str | None:
+    """The instruction-set variant the kernels run, or None without kernels."""
+    if _kernels is None:
+        return None
+    if not _isa_applied:
+        apply_isa_override()
+    return _kernels.current_isa()
+
 
 def available() -> bool:
-    return _kernels is not None and ENABLED
+    if _kernels is None or not ENABLED:
+        return False
+    if not _isa_applied:
+        apply_isa_override()
+    return True
 
 
 def _eligible(x: torch.Tensor, settings: IterSettings) -> bool:

@@ -103,7 +103,7 @@ def multiply_output(fe: FrontEnd, ar: Arithmetic, r: torch.Tensor) -> torch.Tens
 
 def divide_output(fe: FrontEnd, ar: Arithmetic) -> torch.Tensor:
     """The textbook output: rnd(vs * 2**-j / rnd(sqrt(qn))), with a real sqrt and divide."""
-    root = ar.rnd(torch.sqrt(fe.qn))
+    root = ar.sqrt(fe.qn)
     return _finish(ar.rnd(ar.scale(fe.vs, -fe.j) / root), fe)
 
 

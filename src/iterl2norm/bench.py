@@ -427,7 +427,7 @@ def environment() -> dict[str, str]:
         "python": env["python"],
         "cpu": _cpu_model(),
         "threads": env["cpu_threads"],
-        "kernels": "yes" if _fused.available() else "no",
+        "kernels": _fused.isa() if _fused.available() else "no",  # the variant that ran
         "torch_thp": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
     }
 

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "fisr_magic",
     "get_format",
     "round_to_format",
+    "sqrt_rn",
 ]
 
 
@@ -224,6 +226,31 @@ def ldexp(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     for piece in (first, second, n - first - second):
         x = x * pow2(piece).to(x.dtype)
     return x
+
+
+def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded square root (IEEE 754 squareRoot, nearest even) of a
+    float32 or float64 tensor, in its dtype, the same bits on every machine.
+
+    ``torch.sqrt`` on CPU runs through MKL's vector math library where PyTorch
+    was built with it, which is accurate to about one ulp and gives different
+    last bits on different processors. NumPy's ``sqrt`` is the processor's IEEE
+    square-root instruction, correctly rounded by specification
+    (tests/test_formats.py checks it against exact integer square roots, every
+    float32 in [1/2, 2) included). Gradients are those of ``torch.sqrt``.
+
+    >>> sqrt_rn(torch.tensor([2.0, 0.25, -1.0], dtype=torch.float64)).tolist()
+    [1.4142135623730951, 0.5, nan]
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"sqrt_rn takes float32 or float64, got {x.dtype}")
+    with np.errstate(invalid="ignore"):  # sqrt of a negative number: NaN, as torch gives
+        exact = np.sqrt(x.detach().cpu().numpy())
+    exact = torch.from_numpy(exact).to(x.device)
+    if x.requires_grad:
+        approx = torch.sqrt(x)
+        return approx + (exact - approx).detach()
+    return exact
 
 
 def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:

@@ -22,6 +22,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -136,8 +137,10 @@ Scalar make_scalar(int64_t start, std::vector<double> start_params, std::vector<
 
 // ---------------------------------------------------------------------------
 // Row bodies. Each is compiled three times (baseline x86-64, AVX2, AVX-512) and
-// the widest the CPU supports is picked once; the arithmetic is the same in all
-// three (no contraction, no reassociation outside the reductions marked simd).
+// the widest the CPU supports runs, or the one ITERL2NORM_ISA names. The
+// emulation's arithmetic is the same in all three (no contraction, no
+// reassociation: its only simd reduction is a max); the native path fuses
+// multiply-adds where the variant has them.
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -646,8 +649,10 @@ ALWAYS_INLINE void native_back_row(const BackArgs<T>& a, int64_t row, float* xh,
 #define TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi2")))
 
 enum class Isa { base, avx2, avx512 };
+const char* const kIsaNames[] = {"baseline", "avx2", "avx512"};
 
-Isa best_isa() {
+// The widest variant the CPU runs.
+Isa widest_isa() {
   static const Isa isa = [] {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -657,6 +662,16 @@ Isa best_isa() {
     return Isa::base;
   }();
   return isa;
+}
+
+// The variant in use: the widest, unless set_isa chose a narrower one
+// (ITERL2NORM_ISA, read on the Python side). The emulation is the same bits in
+// all of them; the native path differs in its last bits (fused multiply-adds).
+std::atomic<int> g_isa{-1};
+
+Isa best_isa() {
+  const int chosen = g_isa.load(std::memory_order_relaxed);
+  return chosen < 0 ? widest_isa() : static_cast<Isa>(chosen);
 }
 
 template <typename T>
@@ -880,7 +895,28 @@ at::Tensor widen(at::Tensor x) {
   return out;
 }
 
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (int i = 0; i <= static_cast<int>(widest_isa()); ++i) names.push_back(kIsaNames[i]);
+  return names;
+}
+
+std::string current_isa() { return kIsaNames[static_cast<int>(best_isa())]; }
+
+void set_isa(const std::string& name) {
+  for (int i = 0; i <= static_cast<int>(widest_isa()); ++i) {
+    if (name == kIsaNames[i]) {
+      g_isa.store(i, std::memory_order_relaxed);
+      return;
+    }
+  }
+  TORCH_CHECK(false, "set_isa: '", name, "' is not a variant this CPU runs");
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("supported_isas", &supported_isas, "the instruction-set variants this CPU runs, narrowest first");
+  m.def("current_isa", &current_isa, "the instruction-set variant in use");
+  m.def("set_isa", &set_isa, "use this instruction-set variant (one of supported_isas())");
   m.def("narrow_to", &narrow_to, "float32 -> bfloat16/float16 with the kernels' conversion");
   m.def("widen", &widen, "bfloat16/float16 -> float32 with the kernels' conversion");
   m.def("native_forward", &native_forward, "fused native L2/RMS/LayerNorm forward");

@@ -121,7 +121,7 @@ def reference(
             z = ar.rnd(z + ar.rnd(g * z))
         out = z
     elif cfg.method == "sqrt-divide":
-        out = ar.rnd(ar.scale(ys, shift) / ar.rnd(torch.sqrt(qn)))
+        out = ar.rnd(ar.scale(ys, shift) / ar.sqrt(qn))
     else:
         out = ar.rnd(ys * ar.scale(estimate(qn, cfg, ar), shift))
     out = torch.where(empty[:, None], torch.zeros_like(out), out)

@@ -264,7 +264,7 @@ def simulate(
     if cfg.mode == "vector":
         outs = _vector(m, v, y_of, j, a, marks)
     elif cfg.method == "sqrt-divide":
-        root = m.op("sqrt", "sqrt", lambda q_: ar.rnd(torch.sqrt(q_)), qn)
+        root = m.op("sqrt", "sqrt", lambda q_: ar.sqrt(q_), qn)
         marks["square root"] = root.ready
         outs = [
             m.op("lane.div", "div", lambda y_, r_: ar.rnd(ar.scale(y_, -j) / r_), y_of(xv), root)

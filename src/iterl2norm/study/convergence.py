@@ -16,7 +16,7 @@ import torch
 
 from .. import rsqrt
 from .._arith import Arithmetic
-from ..formats import decode, get_format, pow2, round_to_format
+from ..formats import decode, get_format, pow2, round_to_format, sqrt_rn
 
 INITS = ("exponent", "exponent+mantissa", "magic")
 RATES = (0.5, 0.25, 0.375, 0.75)
@@ -42,11 +42,11 @@ def _ulp(c: torch.Tensor, fmt) -> torch.Tensor:
 def correctly_rounded_rsqrt(q: torch.Tensor, fmt: str) -> torch.Tensor:
     """qn**-0.5 rounded once to ``fmt`` (nearest even), for positive values of ``fmt``.
 
-    float64 gives 1/sqrt(q) within 2 float64 ulps; the rounding to fmt can
+    float64 gives 1/sqrt(q) within 1 float64 ulp; the rounding to fmt can
     only go wrong where that lands near a midpoint of fmt, and those few
     values are settled exactly with integer arithmetic.
     """
-    approx = 1 / torch.sqrt(q)
+    approx = 1 / sqrt_rn(q)
     c = round_to_format(approx, fmt)
     ulp = _ulp(c, fmt)
     below = torch.where(c == pow2(torch.frexp(c)[1].to(torch.int64) - 1), ulp / 2, ulp)
@@ -78,7 +78,7 @@ class _Sweep:
 
     def __init__(self, fmt: str, stride: int):
         self.q64 = every_q(fmt, stride)
-        self.exact = torch.sqrt(self.q64)
+        self.exact = sqrt_rn(self.q64)
         self.target = correctly_rounded_rsqrt(self.q64, fmt)
         self.ulp = _ulp(self.target, fmt)
         self.ar = _arithmetic(fmt)
