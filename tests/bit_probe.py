@@ -77,6 +77,16 @@ def affine_params(d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(w).float(), torch.from_numpy(b).float()
 
 
+def _timing(cfg) -> torch.Tensor:
+    """The simulated latency, stage by stage, and the operation counts at several d."""
+    timing = []
+    for d in (64, 100, 1024):
+        result = hw.simulate(rows(d, 6)[:1], cfg)
+        timing.append([result.cycles, result.stages, result.ops])
+    text = json.dumps(timing, sort_keys=True).encode()
+    return torch.frombuffer(bytearray(text), dtype=torch.uint8)
+
+
 def cases() -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
     x, x64 = rows(96, 1), rows(96, 1).double()
     w, b = affine_params(96, 2)
@@ -92,7 +102,7 @@ def cases() -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
             run = partial(iterl2norm, x, steps=2, schedule=name, fmt=fmt)
             yield f"iterl2norm {fmt} schedule={name}", run
         yield f"exact {fmt}", partial(exact_normalize, x, fmt=fmt)
-        yield f"fisr {fmt}", partial(fisr_normalize, x, newton_steps=2, fmt=fmt)
+        yield f"fisr {fmt}", partial(fisr_normalize, x, steps=2, fmt=fmt)
         yield f"invsqrt2 {fmt}", partial(invsqrt2_normalize, x, fmt=fmt)
         yield f"sqrt23 {fmt}", partial(sqrt23_normalize, x, fmt=fmt)
         yield f"layer_norm {fmt}", partial(layer_norm, x, (96,), w, b, fmt=fmt)
@@ -117,6 +127,7 @@ def cases() -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
             xd, (gamma, beta) = rows(d, 3)[[0, 1, 2, 5, 6, 7, 8]], affine_params(d, 4)
             yield f"hw.reference {name} d={d}", partial(hw.reference, xd, cfg, gamma, beta)
         yield f"hw.simulate {name}", lambda cfg=cfg: hw.simulate(rows(64, 5)[:3], cfg).out
+        yield f"hw.simulate {name} cycles", partial(_timing, cfg)
     # The study's targets and the correctly rounded square root.
     for fmt in ("fp16", "bf16"):
         yield f"correctly_rounded_rsqrt {fmt}", partial(correctly_rounded_rsqrt, every_q(fmt), fmt)
@@ -132,18 +143,16 @@ def fingerprint(t: torch.Tensor) -> str:
     """sha256 of dtype, shape and bytes, every NaN as one NaN: a NaN row's sign and
     payload are not part of the definition (the kernels and torch differ there)."""
     t = t.detach()
-    t = torch.where(t.isnan(), torch.full_like(t, float("nan")), t).contiguous()
+    if t.is_floating_point():
+        t = torch.where(t.isnan(), torch.full_like(t, float("nan")), t)
+    t = t.contiguous()
     header = f"{t.dtype} {tuple(t.shape)}".encode()
     return hashlib.sha256(header + t.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def probe(kernels: bool = True) -> dict[str, str]:
-    saved = _fused.ENABLED
-    _fused.ENABLED = kernels
-    try:
+    with _fused.disabled(off=not kernels):
         return {name: fingerprint(run()) for name, run in cases()}
-    finally:
-        _fused.ENABLED = saved
 
 
 def main(argv=None) -> int:

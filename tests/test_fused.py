@@ -15,9 +15,8 @@ from tolerances import tol
 @pytest.fixture
 def torch_paths():
     """Run the body with the compiled kernels switched off."""
-    _fused.ENABLED = False
-    yield
-    _fused.ENABLED = True
+    with _fused.disabled():
+        yield
 
 
 def test_the_kernels_are_built():
@@ -87,11 +86,8 @@ def test_emulation_kernel_equals_the_torch_emulation(fmt, dtype, label, fn):
     for d in (1, 7, 64, 300):
         x = rows(dtype, d, seed=d)
         fast = fn(x, fmt=fmt)
-        _fused.ENABLED = False
-        try:
+        with _fused.disabled():
             slow = fn(x, fmt=fmt)
-        finally:
-            _fused.ENABLED = True
         assert same(fast, slow), (fmt, dtype, label, d)
 
 
@@ -112,8 +108,7 @@ def test_emulation_kernel_equals_the_exact_model(fmt):
 @pytest.mark.parametrize("on", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("shape", [(7,), (5, 123, 123), (3, 2, 2048)])
 def test_native_paths_against_float64(on, shape):
-    _fused.ENABLED = on
-    try:
+    with _fused.disabled(off=not on):
         x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
         ref64 = x.double() / x.double().norm(dim=-1, keepdim=True)
         torch.testing.assert_close(
@@ -125,8 +120,6 @@ def test_native_paths_against_float64(on, shape):
             torch.nn.functional.layer_norm(x.double(), (shape[-1],), eps=1e-5),
             **tol("layer_norm_forward", "native_fp32"),
         )
-    finally:
-        _fused.ENABLED = True
 
 
 def test_native_kernel_gradient_of_l2_is_the_analytic_one():

@@ -24,8 +24,17 @@ from iterl2norm import (
     sqrt23_normalize,
 )
 from iterl2norm.formats import FORMATS, fisr_magic, round_to_format
-from iterl2norm.rsqrt import INVSQRT2_KS, INVSQRT2_MAGIC_FP32, SQRT23_COEFFS, SQRT23_MAGIC_FP32
 from iterl2norm.schedules import SCHEDULES
+
+# The peers' constants as their authors published them, written here rather
+# than imported, so that a typo in the library's copy fails this model.
+# InvSqrt2: C. J. Walczyk, L. V. Moroz, J. L. Cieslinski, Entropy 23(1):86, 2021.
+INVSQRT2_MAGIC_FP32 = 0x5F376908
+INVSQRT2_KS = (1.50087896, 1.50000057)
+# SQRT_23-bits (Kokosinski, Moroz et al., 2024): magic 0x5F1110A0, then
+# r * (k1 + c (k2 + c)) with c = -q r^2.
+SQRT23_MAGIC_FP32 = 0x5F1110A0
+SQRT23_COEFFS = (2.2825186, 2.2533049)
 
 # (fmt, acc_fmt or None for the default)
 POLICIES = [
@@ -144,7 +153,7 @@ BASELINES = [
     ),
     (
         "fisr2",
-        lambda x, **kw: fisr_normalize(x, newton_steps=2, **kw),
+        lambda x, **kw: fisr_normalize(x, steps=2, **kw),
         lambda F: {"kind": "newton", "magic": fisr_magic(F), "ks": [1.5, 1.5]},
     ),
     (

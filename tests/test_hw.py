@@ -67,7 +67,7 @@ VARIANTS = [
     {"schedule": "minimax", "steps": 4},
     {"schedule": "minimax-magic", "steps": 2, "statistics": "l2"},
     {"method": "fisr", "steps": 3, "statistics": "two-pass"},
-    {"method": "sqrt-divide", "fmt": "fp16"},
+    {"method": "exact", "fmt": "fp16"},
     {"lanes": 1, "affine": False},
 ]
 
@@ -204,3 +204,10 @@ def test_hw_command(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2 and "d=2048 is outside" in proc.stderr
+
+
+def test_the_old_name_of_the_exact_method_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="now called 'exact'"):
+        cfg = PRESETS["paper-l2-fp32"].with_(method="sqrt-divide")
+    assert cfg.method == "exact"
+    assert cfg == PRESETS["paper-l2-fp32"].with_(method="exact")

@@ -142,7 +142,7 @@ def test_study_numbers_are_the_public_functions(fmt):
             x, steps=n, fmt=fmt, mode="vector"
         ),
         ("iterl2norm", "magic", "scalar"): lambda n: iterl2norm(x, steps=n, fmt=fmt, init="magic"),
-        ("fisr", "-", "scalar"): lambda n: fisr_normalize(x, newton_steps=n, fmt=fmt),
+        ("fisr", "-", "scalar"): lambda n: fisr_normalize(x, steps=n, fmt=fmt),
         ("invsqrt2", "-", "scalar"): lambda n: invsqrt2_normalize(x, steps=n, fmt=fmt),
         ("sqrt23", "-", "scalar"): lambda n: sqrt23_normalize(x, steps=n, fmt=fmt),
         ("exact", "-", "scalar"): lambda n: exact_normalize(x, fmt=fmt),

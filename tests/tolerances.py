@@ -23,7 +23,7 @@ def tiny(name: str) -> float:
 # the exhaustive sweep, rounded up, and pinned (measured <= value < 1.01 x
 # measured) by tests/test_rsqrt.py::test_worst_scale_error_after_five_steps.
 WORST_SCALE_ERROR_5 = {
-    "fp32": 5.42e-7,  # METHOD.md's exact-arithmetic bound 4.8e-7, plus rounding
+    "fp32": 5.42e-7,  # the exact-arithmetic bound 4.8e-7 (test_rsqrt), plus rounding
     "fp16": 8.38e-4,
     "bf16": 6.27e-3,
     "fp8_e4m3": 6.46e-2,
@@ -116,6 +116,32 @@ TOL["layer_norm_forward", "native_fp16"] = (2 * 2 * u("fp16"), 1e-6)
 # (weights ~ N(0, 0.02)), so the errors of their <= 5 norms add rather than
 # compound: 5 x 2e-6 = 1e-5 of the output's scale.
 TOL["model_outputs", "native_fp32"] = (1e-5, 1e-5)
+
+# Autograd through the emulation passes the roundings straight through: the
+# gradient is the native Jacobian a (I - y y^T) of the computed function, with
+# a and y as emulated. Each of its three factors carries at most the forward's
+# relative error, so relative to the row's largest component: 3 x l2_rtol.
+for _f in ("bf16", "fp16"):
+    TOL["l2_backward_straight_through", _f] = (0.0, 3 * l2_rtol(_f))
+
+# Converged native runs (7 or 8 steps: the exact-arithmetic error of the scale,
+# 1.5 e_n**2 per step from 4.8e-7 after five, is below 1e-24, far under
+# any format's roundoff): a few roundings remain, the scale's, the product's
+# and (16-bit) the output's, each at most u: 4 eps = 8 u covers them.
+for _f in ("fp64", "fp32", "fp16", "bf16"):
+    TOL["converged_native", _f] = (4 * FORMATS[_f].eps, 0.0)
+# Autograd through 8 float64 steps: the derivative's one-step lag is below
+# 1e-24 (above), so ~10 float64 roundings of terms of the gradient's natural
+# scale remain: 100 u relative and absolute covers them.
+TOL["l2_backward_8_steps", "fp64"] = (100 * u("fp64"), 100 * u("fp64"))
+# iter_rsqrt where the study proved convergence (every input within one ulp
+# of the correctly rounded q**-0.5: fp32 after 6 steps, bf16 after 4): one ulp
+# plus the correct rounding's half ulp, 1.5 ulp <= 3 u relative.
+TOL["iter_rsqrt_converged", "fp32"] = (3 * u("fp32"), 0.0)
+TOL["iter_rsqrt_converged", "bf16"] = (3 * u("bf16"), 0.0)
+# lambda = 1/2 against Newton's product form in float64: two orders of about
+# four roundings each on values near 1, whose correction terms are small: 4 u.
+TOL["euler_vs_newton_form", "fp64"] = (4 * u("fp64"), 0.0)
 
 # Scalar and vector mode at fp64: equal in exact arithmetic, so they may
 

@@ -21,6 +21,7 @@ float32 for 8- and 16-bit datapaths that accumulate in float32 or narrower
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -71,7 +72,17 @@ class Arithmetic:
 
         ``fmt=None`` is the native fast path: 16-bit inputs compute in float32
         (PyTorch's "opmath", as ``F.layer_norm`` does), others in their own dtype.
+        Memoized: every call of a norm resolves its policy (errors are not cached).
         """
+        try:
+            return _resolve(cls, dtype, fmt, acc_fmt)
+        except TypeError as exc:  # an unhashable argument: resolve it afresh
+            if "unhashable" not in str(exc):
+                raise
+            return cls._resolve(dtype, fmt, acc_fmt)
+
+    @classmethod
+    def _resolve(cls, dtype: torch.dtype, fmt, acc_fmt) -> Arithmetic:
         if fmt is None:
             if acc_fmt is not None:
                 raise ValueError(
@@ -183,3 +194,8 @@ class Arithmetic:
         (eps = 1e-80 in float32) still enters correctly once it is scaled."""
         exact = ldexp(torch.full(n.shape, float(value), dtype=torch.float64), n)
         return exact.to(self.carrier)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(cls, dtype, fmt, acc_fmt) -> Arithmetic:
+    return cls._resolve(dtype, fmt, acc_fmt)

@@ -9,15 +9,17 @@ torch paths when :func:`native_ok` / :func:`emulated_ok` say no.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from ._arith import Arithmetic
 from ._validation import IterSettings
-from .formats import FORMATS, fisr_magic
+from .formats import FORMATS
 from .rsqrt import _smallest_at_least_sqrt2
 
 try:
@@ -64,6 +66,19 @@ def isa() -> str | None:
     return _kernels.current_isa()
 
 
+@contextlib.contextmanager
+def disabled(off: bool = True) -> Iterator[None]:
+    """Inside the block, the torch paths the kernels replace (``off=False``:
+    no change); tests and benchmarks compare the two this way."""
+    global ENABLED
+    saved = ENABLED
+    ENABLED = ENABLED and not off
+    try:
+        yield
+    finally:
+        ENABLED = saved
+
+
 def available() -> bool:
     if _kernels is None or not ENABLED:
         return False
@@ -92,12 +107,13 @@ def emulated_ok(x: torch.Tensor, settings: IterSettings, ar: Arithmetic, *params
     )
 
 
-_SCALAR_ARGS: dict[tuple, tuple] = {}
+_KERNEL_ITERATIONS: dict[tuple, object] = {}
 
 
-def scalar_args(settings: IterSettings, ar: Arithmetic) -> tuple:
-    """The start and steps as the kernels take them, constants as the datapath holds
-    them; cached, since rounding the constants costs more than a small kernel call."""
+def kernel_iteration(settings: IterSettings, ar: Arithmetic):
+    """settings.iteration as the kernels take it (``_kernels.Iteration``), the
+    constants as the datapath holds them; cached, since rounding the constants
+    costs more than a small kernel call."""
     schedule = settings.schedule
     key = (
         settings.steps,
@@ -106,40 +122,35 @@ def scalar_args(settings: IterSettings, ar: Arithmetic) -> tuple:
         ar.fmt.name,
         None if schedule is None else (schedule.start, schedule.steps, schedule.table),
     )
-    args = _SCALAR_ARGS.get(key)
-    if args is None:
-        args = _SCALAR_ARGS[key] = _scalar_args(settings, ar)
-    return args
+    built = _KERNEL_ITERATIONS.get(key)
+    if built is None:
+        built = _KERNEL_ITERATIONS[key] = _build_kernel_iteration(settings.iteration, ar)
+    return built
 
 
-def _scalar_args(settings: IterSettings, ar: Arithmetic) -> tuple:
-    schedule = settings.schedule
-    start = schedule.start if schedule is not None else settings.init
-    if schedule is not None:  # correction steps: gamma - beta u
-        form = [1] * settings.steps
-        constants = schedule.step_constants(settings.steps)
-        c1 = [ar.const(g) for g, _ in constants]
-        c2 = [ar.const(b) for _, b in constants]
-    else:  # Euler steps: lambda (1 - u)
-        form = [0] * settings.steps
-        c1, c2 = [ar.const(r) for r in settings.rates], [0.0] * settings.steps
-
+def _build_kernel_iteration(iteration, ar: Arithmetic):
+    steps = iteration.steps
+    params: list[float] = []
     table: list[float] = []
-    if start == "exponent":
-        code, params = 0, []
-    elif start == "exponent+mantissa":
-        code = 1
+    if iteration.start == "exponent+mantissa":  # the comparison and the two outcomes
         params = [
             _smallest_at_least_sqrt2(ar.fmt),
             ar.const(math.sqrt(0.5)),
             ar.const(math.sqrt(2)),
         ]
-    elif start == "magic":
-        code, params = 2, [fisr_magic(ar.fmt), ar.fmt.mantissa_bits, ar.fmt.bias]
-    else:
-        code, params = 3, [len(schedule.table[0])]
-        table = [ar.const(c) for row in schedule.table for pair in row for c in pair]
-    return code, params, table, form, c1, c2
+    elif iteration.start == "magic":  # the constant and the format's fields
+        params = [iteration.magic_for(ar.fmt), ar.fmt.mantissa_bits, ar.fmt.bias]
+    elif iteration.start == "table":
+        params = [len(iteration.table[0])]
+        table = [ar.const(c) for row in iteration.table for pair in row for c in pair]
+    return _kernels.Iteration(
+        start=iteration.start,
+        start_params=params,
+        table=table,
+        forms=[step.form for step in steps],
+        c1=[ar.const(step.c1) for step in steps],
+        c2=[ar.const(step.c2) for step in steps],
+    )
 
 
 def _as_float(p: torch.Tensor | None) -> torch.Tensor | None:
@@ -160,7 +171,7 @@ class _NativeNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, center, inv_d, eps, scalar):
         w, b = _as_float(weight), _as_float(bias)
-        out, mean, scale = _kernels.native_forward(x, w, b, center, inv_d, eps, *scalar)
+        out, mean, scale = _kernels.native_forward(x, w, b, center, inv_d, eps, scalar)
         ctx.save_for_backward(x, w, mean, scale)
         ctx.center, ctx.inv_d = center, inv_d
         ctx.params = weight, bias
@@ -200,7 +211,7 @@ def native(
     bias=None,
 ) -> torch.Tensor:
     """The native path on contiguous rows (rows, d), in x2d's dtype."""
-    scalar = scalar_args(settings, Arithmetic.resolve(torch.float32))
+    scalar = kernel_iteration(settings, Arithmetic.resolve(torch.float32))
     x2d = x2d.contiguous()
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x2d, weight, bias)
@@ -209,7 +220,7 @@ def native(
     # Nothing to differentiate (inference): the kernel alone, without the
     # autograd.Function's bookkeeping, a fixed cost that small calls feel.
     out, _, _ = _kernels.native_forward(
-        x2d, _as_float(weight), _as_float(bias), center, inv_d, eps, *scalar
+        x2d, _as_float(weight), _as_float(bias), center, inv_d, eps, scalar
     )
     return out
 
@@ -239,5 +250,5 @@ def emulated(
         inv_d != 1.0,
         eps,
         eps_floor,
-        *scalar_args(settings, ar),
+        kernel_iteration(settings, ar),
     )

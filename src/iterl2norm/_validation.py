@@ -19,7 +19,7 @@ import torch
 from ._arith import Arithmetic
 from .formats import FORMATS, Format, get_format
 from .rsqrt import INITS
-from .schedules import get_schedule
+from .schedules import Iteration, euler_iteration, get_schedule, schedule_iteration
 
 MODES = ("scalar", "vector")
 
@@ -134,6 +134,13 @@ class IterSettings:
         if isinstance(self.update_rate, tuple):
             return self.update_rate
         return (self.update_rate,) * self.steps
+
+    @functools.cached_property
+    def iteration(self) -> Iteration:
+        """The scalar iteration these settings describe (iterl2norm.schedules)."""
+        if self.schedule is not None:
+            return schedule_iteration(self.schedule, self.steps)
+        return euler_iteration(self.init, self.rates)
 
 
 # typed: steps=True must not find the entry of steps=1 (bool is rejected).

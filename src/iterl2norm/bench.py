@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,17 +80,6 @@ class Row:
     p50_ms: float
     ratio: float
     rounds: int
-
-
-@contextlib.contextmanager
-def _kernels_off() -> Iterator[None]:
-    """The torch-op paths the compiled kernels replace."""
-    saved = _fused.ENABLED
-    _fused.ENABLED = False
-    try:
-        yield
-    finally:
-        _fused.ENABLED = saved
 
 
 def round_robin(
@@ -209,11 +198,11 @@ def _torch_ops_methods(x: torch.Tensor) -> Groups:
     w, b = _affine(x)
 
     def layer_norm_ops():
-        with _kernels_off():
+        with _fused.disabled():
             return functional.layer_norm(x, (d,), w, b)
 
     def bf16_ops():
-        with _kernels_off():
+        with _fused.disabled():
             return iterl2norm(x, fmt="bf16")
 
     return {

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="error vs float64 per format and step, and the LayerNorm/RMSNorm check",
         description="Error of IterL2Norm (steps 1..N, exponent start, update rate 1/2) and "
-        "of FISR and exact sqrt+divide against float64, per format and d; then "
+        "of FISR and sqrt + divide against float64, per format and d; then "
         "IterLayerNorm/IterRMSNorm against torch.nn.LayerNorm/RMSNorm.",
     )
     demo.add_argument(

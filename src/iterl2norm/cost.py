@@ -14,7 +14,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Cost", "estimate_cost"]
+from .schedules import Iteration, Step, euler_iteration, fisr_iteration, schedule_iteration
+
+__all__ = ["Cost", "estimate_cost", "iteration_cost"]
 
 
 @dataclass(frozen=True)
@@ -62,36 +64,38 @@ _INIT_COST = {
 }
 
 
-def _euler_step(rate: float) -> Cost:
-    # a*a, *qn, a*g are multiplies; lambda*e is one too unless lambda = 2**k.
-    lam = Cost(pow2_scalings=1) if _is_pow2(rate) else Cost(multiplies=1)
-    return Cost(multiplies=3, adds=2) + lam
+def _times(c: float) -> Cost:
+    """A product with a constant: a shift when it is a power of two."""
+    return Cost(pow2_scalings=1) if _is_pow2(c) else Cost(multiplies=1)
+
+
+def _step_cost(step: Step) -> Cost:
+    if step.form == "newton":  # h*a, *a, a*t; k - t (h = qn/2 is counted once)
+        return Cost(multiplies=3, adds=1)
+    # a*a, *qn, a*e; 1 - u or gamma - v, a + h; lambda*e or beta*u
+    return Cost(multiplies=3, adds=2) + _times(step.c1 if step.form == "euler" else step.c2)
+
+
+def iteration_cost(iteration: Iteration) -> Cost:
+    """The start and the steps of a scalar iteration (iterl2norm.schedules.Iteration)."""
+    if iteration.start == "table":  # c0 - c1 * qn
+        table = sum(len(row) * 2 for row in iteration.table)
+        start = Cost(multiplies=1, adds=1, table_entries=table)
+    else:
+        start = _INIT_COST[iteration.start]
+    if any(step.form == "newton" for step in iteration.steps):
+        start = start + Cost(pow2_scalings=1)  # h = qn/2
+    return start + sum((_step_cost(step) for step in iteration.steps), Cost())
 
 
 def _vector_step(rate: float, d: int) -> Cost:
     # |z|^2: d squares and d-1 adds; 1 - w; lambda*e; g*z_i and z_i + ..., d each.
-    lam = Cost(pow2_scalings=1) if _is_pow2(rate) else Cost(multiplies=1)
-    return Cost(multiplies=2 * d, adds=(d - 1) + 1 + d) + lam
-
-
-def _correction_step(gamma: float, beta: float) -> Cost:
-    # a*a, *q, a*e, plus beta*u unless beta = 2**k; gamma - v and a + h.
-    scale = Cost(pow2_scalings=1) if _is_pow2(beta) else Cost(multiplies=1)
-    return Cost(multiplies=3, adds=2) + scale
+    return Cost(multiplies=2 * d, adds=(d - 1) + 1 + d) + _times(rate)
 
 
 def schedule_cost(name: str, steps: int) -> Cost:
-    """A named schedule's start and ``steps`` correction steps (iterl2norm.schedules)."""
-    from .schedules import get_schedule
-
-    schedule = get_schedule(name)
-    if schedule.name == "paper":
-        return estimate_cost("iterl2norm", steps)
-    if schedule.start == "table":  # c0 - c1 * qn
-        start = Cost(multiplies=1, adds=1, table_entries=schedule.table_entries)
-    else:
-        start = _INIT_COST[schedule.start]
-    return start + sum((_correction_step(g, b) for g, b in schedule.step_constants(steps)), Cost())
+    """A named schedule's start and ``steps`` steps (iterl2norm.schedules)."""
+    return iteration_cost(schedule_iteration(name, steps))
 
 
 def estimate_cost(
@@ -125,11 +129,9 @@ def estimate_cost(
             if d is None:
                 raise ValueError("vector mode's cost depends on d; pass d")
             return _INIT_COST[init] + sum((_vector_step(r, d) for r in rates), Cost())
-        return _INIT_COST[init] + sum((_euler_step(r) for r in rates), Cost())
-    if method in ("fisr", "invsqrt2"):
-        # h = qn/2 once; per step h*r, *r, r*t and k - t.
-        half = Cost(pow2_scalings=1) if steps >= 1 else Cost()
-        return _INIT_COST["magic"] + half + Cost(multiplies=3, adds=1) * steps
+        return iteration_cost(euler_iteration(init, rates))
+    if method in ("fisr", "invsqrt2"):  # the constants k do not change the count
+        return iteration_cost(fisr_iteration(steps))
     if method == "sqrt23":
         # Step 1: qn*r, *r, c*(k2 + c), r*(k1 + ...); later: h*r, *r, r*(0.5 - t), r + ...
         first = Cost(multiplies=4, adds=2) if steps >= 1 else Cost()

@@ -4,7 +4,7 @@ Three tables:
 
 1. Error of L2 normalization against float64, per format, for IterL2Norm at
    steps 1..5 (the paper's settings: exponent start, update rate 1/2, scalar
-   mode), classic FISR with one and two Newton steps, and exact sqrt+divide
+   mode), classic FISR with one and two Newton steps, and sqrt + divide
    in the same format. The reference is float64 x/||x|| of the input after
    it is rounded to the format, so the numbers measure the method, not the
    quantization of its input.
@@ -21,13 +21,14 @@ from functools import partial
 
 import torch
 
-from .formats import get_format, round_to_format
+from .formats import EVALUATED, get_format, round_to_format
 from .functional import layer_norm, rms_norm
+from .methods import METHODS
 from .normalize import exact_normalize, fisr_normalize, iterl2norm
 from .study.convergence import convergence_rows
 from .study.precision import errors
 
-DEFAULT_FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+DEFAULT_FORMATS = EVALUATED
 DEFAULT_DIMS = (64, 768, 4096)
 DROP_IN_SHAPES = ((5, 123, 123), (16, 768), (4, 4096))
 
@@ -39,9 +40,9 @@ def methods(max_steps: int) -> list[tuple[str, Callable]]:
         for n in range(1, max_steps + 1)
     ]
     rows += [
-        ("fisr newton=1", lambda x, fmt: fisr_normalize(x, newton_steps=1, fmt=fmt)),
-        ("fisr newton=2", lambda x, fmt: fisr_normalize(x, newton_steps=2, fmt=fmt)),
-        ("exact sqrt+div", lambda x, fmt: exact_normalize(x, fmt=fmt)),
+        ("fisr steps=1", lambda x, fmt: fisr_normalize(x, steps=1, fmt=fmt)),
+        ("fisr steps=2", lambda x, fmt: fisr_normalize(x, steps=2, fmt=fmt)),
+        (f"exact ({METHODS['exact']})", lambda x, fmt: exact_normalize(x, fmt=fmt)),
     ]
     return rows
 
@@ -61,7 +62,7 @@ def precision_table(
     max_steps: int = 5,
     progress: Callable[[str], None] | None = None,
 ):
-    """Rows of {format, d, method, max_abs, mean_abs, max_norm_rel}."""
+    """Rows of {format, d, method, mean_abs, max_abs, norm_rel_mean, norm_rel_max}."""
     rows = []
     for fmt in formats:
         fmt = get_format(fmt).name

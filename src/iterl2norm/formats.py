@@ -15,6 +15,7 @@ import math
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 
+# Frozen: the fields are the format. The derived constants are cached on the
+# instance (cached_property writes the instance dict, which frozen allows).
 @dataclass(frozen=True)
 class Format:
     """A binary floating-point format.
@@ -64,23 +67,23 @@ class Format:
     saturate: bool
     torch_dtype_name: str | None = None
 
-    @property
+    @cached_property
     def bits(self) -> int:
         """Total width of one encoding: sign, exponent and fraction."""
         return 1 + self.exponent_bits + self.mantissa_bits
 
-    @property
+    @cached_property
     def emax(self) -> int:
         """Unbiased exponent of the largest finite binade."""
         top_field = (1 << self.exponent_bits) - 1
         return (top_field - 1 if self.nan == "ieee" else top_field) - self.bias
 
-    @property
+    @cached_property
     def emin(self) -> int:
         """Unbiased exponent of the smallest normal binade."""
         return 1 - self.bias
 
-    @property
+    @cached_property
     def max(self) -> float:
         """Largest finite value."""
         # With "all_ones" NaN the top binade loses its all-ones fraction.
@@ -91,20 +94,20 @@ class Format:
             * Fraction(2) ** self.emax
         )
 
-    @property
+    @cached_property
     def smallest_normal(self) -> float:
         return 2.0**self.emin
 
-    @property
+    @cached_property
     def smallest_subnormal(self) -> float:
         return 2.0 ** (self.emin - self.mantissa_bits)
 
-    @property
+    @cached_property
     def eps(self) -> float:
         """Distance from 1.0 to the next larger value."""
         return 2.0**-self.mantissa_bits
 
-    @property
+    @cached_property
     def torch_dtype(self) -> torch.dtype | None:
         return getattr(torch, self.torch_dtype_name, None) if self.torch_dtype_name else None
 
@@ -134,6 +137,10 @@ FORMATS: dict[str, Format] = {
         Format("fp8_e5m2", 5, 2, 15, True, "ieee", False, "float8_e5m2"),
     )
 }
+
+# The datapath formats the study, the demo and the benchmarks evaluate (fp64
+# is the reference, not a datapath under study).
+EVALUATED = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 _DTYPE_TO_FORMAT = {
     getattr(torch, f.torch_dtype_name): f

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import _rows
 from ._validation import IterSettings
-from .functional import layer_norm, rms_norm
 
 __all__ = ["IterLayerNorm", "IterRMSNorm"]
 
@@ -53,18 +53,6 @@ class _IterNorm(nn.Module):
             nn.init.ones_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
-
-    def _iter_kwargs(self) -> dict:
-        s = self.settings
-        return {
-            "steps": s.steps,
-            "update_rate": s.update_rate,
-            "init": s.init,
-            "mode": s.mode,
-            "fmt": s.fmt,
-            "acc_fmt": s.acc_fmt,
-            "schedule": s.schedule,
-        }
 
     def extra_repr(self) -> str:
         s = self.settings
@@ -142,8 +130,8 @@ class IterLayerNorm(_IterNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype, settings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(
-            x, self.normalized_shape, self.weight, self.bias, self.eps, **self._iter_kwargs()
+        return _rows.layer_norm(
+            x, self.normalized_shape, self.weight, self.bias, self.eps, self.settings
         )
 
     @classmethod
@@ -191,7 +179,7 @@ class IterRMSNorm(_IterNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, False, device, dtype, settings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.normalized_shape, self.weight, self.eps, **self._iter_kwargs())
+        return _rows.rms_norm(x, self.normalized_shape, self.weight, self.eps, self.settings)
 
     @classmethod
     def from_module(cls, module: nn.Module, **iter_kwargs) -> IterRMSNorm:

@@ -14,29 +14,17 @@ even), and reductions accumulate in ``acc_fmt`` (default fp32 for 8- and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from fractions import Fraction
+import warnings
+from collections.abc import Sequence
 from functools import partial
 
 import torch
 
-from . import _fused, rsqrt, schedules
+from . import rsqrt
 from ._arith import Arithmetic
-from ._pipeline import (
-    divide_output,
-    eps_exponent_floor,
-    front_end,
-    normalize_scalar,
-    normalize_vector,
-)
-from ._validation import (
-    IterSettings,
-    as_tensor,
-    check_dim,
-    check_int,
-    iter_settings,
-    optional_format,
-)
+from ._pipeline import divide_output, front_end, normalize_scalar
+from ._rows import fused_rows, iterate, run_rows, scalar_estimate
+from ._validation import IterSettings, as_tensor, check_int, iter_settings, optional_format
 
 __all__ = [
     "exact_normalize",
@@ -46,93 +34,6 @@ __all__ = [
     "iterl2norm",
     "sqrt23_normalize",
 ]
-
-
-def check_acc_capacity(ar: Arithmetic, d: int) -> None:
-    """Pre-scaled elements are below 2 in magnitude, so sums of squares stay
-    below 4 (d + 1) (one extra element in vector mode); the accumulator must hold that."""
-    if ar.emulated and ar.acc.max < 4 * (d + 1):
-        raise ValueError(
-            f"acc_fmt={ar.acc.name!r} (largest value {ar.acc.max:g}) cannot hold "
-            f"the sum of {d} squares, which may reach {4 * (d + 1)}; "
-            "choose a wider acc_fmt"
-        )
-
-
-def run_rows(
-    x,
-    dim,
-    fmt,
-    acc_fmt,
-    compute: Callable[[torch.Tensor, Arithmetic], torch.Tensor],
-    fused: Callable | None = None,
-):
-    """Validate, move ``dim`` last, resolve the arithmetic, run, and restore.
-
-    ``fused(rows, ar)`` may compute the result with a compiled kernel from the
-    (..., d) input as it is; it returns None where it does not apply.
-    """
-    t, restore = as_tensor(x)
-    dim = check_dim(t, dim)
-    ar = Arithmetic.resolve(t.dtype, fmt, acc_fmt)
-    moved = t.movedim(dim, -1)  # (..., d)
-    check_acc_capacity(ar, moved.shape[-1])
-    out = fused(moved, ar) if fused is not None and moved.numel() else None
-    if out is None:
-        # Contiguous rows: the native sum's order then depends only on the values.
-        v = ar.quantize(moved).contiguous()
-        out = compute(v, ar) if v.numel() else v
-    return restore(out.movedim(-1, dim), ar.fmt if ar.emulated else None)
-
-
-def fused_rows(
-    settings: IterSettings,
-    *,
-    center: bool = False,
-    inv_d: Fraction | int = 1,
-    eps: float = 0.0,
-    weight=None,
-    bias=None,
-) -> Callable:
-    """``fused`` for :func:`run_rows`: the compiled kernels where they apply."""
-
-    def run(moved: torch.Tensor, ar: Arithmetic):
-        rows = moved if moved.dim() == 2 else moved.reshape(-1, moved.shape[-1])
-        if _fused.native_ok(moved, settings):
-            out = _fused.native(
-                rows, settings, center=center, inv_d=float(inv_d), eps=eps, weight=weight, bias=bias
-            )
-        elif _fused.emulated_ok(moved, settings, ar, weight, bias):
-            out = _fused.emulated(
-                rows,
-                settings,
-                ar,
-                center=center,
-                inv_d=ar.const_acc(inv_d),
-                eps=eps,
-                eps_floor=eps_exponent_floor(eps) if eps > 0 else 0,
-                weight=weight,
-                bias=bias,
-            )
-        else:
-            return None
-        return out if out.dim() == moved.dim() else out.view(moved.shape)
-
-    return run
-
-
-def iterate(v: torch.Tensor, ar: Arithmetic, settings: IterSettings, **stats) -> torch.Tensor:
-    """IterL2Norm on the rows of carrier tensor ``v`` in the mode ``settings`` asks for."""
-    if settings.mode == "vector":
-        return normalize_vector(v, ar, init=settings.init, rates=settings.rates, **stats)
-    return normalize_scalar(v, ar, scalar_estimate(settings), **stats)
-
-
-def scalar_estimate(settings: IterSettings):
-    """The estimate of qn**-0.5 that ``settings`` describe, as f(qn, ar)."""
-    if settings.schedule is not None:
-        return partial(schedules.estimate, schedule=settings.schedule, steps=settings.steps)
-    return partial(rsqrt.iteration, rates=settings.rates, init=settings.init)
 
 
 def iterl2norm(
@@ -234,20 +135,35 @@ def _check_magic(magic, ar: Arithmetic) -> int | None:
 
 
 def fisr_normalize(
-    x, dim: int = -1, *, newton_steps: int = 1, magic: int | None = None, fmt=None, acc_fmt=None
+    x,
+    dim: int = -1,
+    *,
+    steps: int = 1,
+    magic: int | None = None,
+    fmt=None,
+    acc_fmt=None,
+    newton_steps: int | None = None,
 ):
     """L2-normalize with the fast inverse square root (FISR).
 
-    r0 = from_bits(MAGIC - (to_bits(q) >> 1)), then ``newton_steps`` steps
+    r0 = from_bits(MAGIC - (to_bits(q) >> 1)), then ``steps`` Newton steps
     r <- r * (1.5 - 0.5 q r^2). Source: the Quake III Arena code (id Software,
     1999) and C. Lomont, "Fast Inverse Square Root" (2003). ``magic=None``
     derives MAGIC from the computing format (0x5F3759DF, 0x59BB, 0x5F37 for
     fp32/fp16/bf16; see :func:`~iterl2norm.formats.fisr_magic`).
+    ``newton_steps`` is the old name of ``steps`` (deprecated).
 
-    >>> fisr_normalize(torch.tensor([3.0, 4.0]), newton_steps=2)
+    >>> fisr_normalize(torch.tensor([3.0, 4.0]), steps=2)
     tensor([0.6000, 0.8000])
     """
-    steps = check_int(newton_steps, "newton_steps")
+    if newton_steps is not None:
+        warnings.warn(
+            "fisr_normalize(newton_steps=...) is now fisr_normalize(steps=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        steps = newton_steps
+    steps = check_int(steps, "steps")
 
     def compute(v, ar):
         estimate = partial(rsqrt.fisr, steps=steps, magic=_check_magic(magic, ar))

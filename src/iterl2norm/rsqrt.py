@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -95,37 +96,74 @@ def magic_estimate(qn: torch.Tensor, fmt: Format, magic: int) -> torch.Tensor:
     return decode(magic - (bits >> 1), fmt).to(qn.dtype)
 
 
+STEP_FORMS = ("euler", "correction", "newton")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the scalar iteration on a ~ qn**-0.5: its form and its
+    constants as designed (each is rounded to the datapath where it is used).
+
+    - ``"euler"``: a <- a + a * (lambda (1 - u)), c1 = lambda: IterL2Norm's
+      Euler step; lambda = 1/2 is Newton's method.
+    - ``"correction"``: a <- a + a * (gamma - beta u), c1 = gamma, c2 = beta:
+      the schedules' generalized step (gamma = beta = lambda is Euler's).
+    - ``"newton"``: a <- a * (k - h a a) with h = qn/2, c1 = k: the FISR
+      family's product form (k = 1.5 is Newton's method).
+
+    with u = (a a) qn. :func:`apply_steps` defines the operation order; every
+    other consumer (the compiled kernels, the hardware model, the cost model)
+    reads the form and constants from here.
+    """
+
+    form: str
+    c1: float
+    c2: float = 0.0
+
+    def __post_init__(self):
+        if self.form not in STEP_FORMS:
+            raise ValueError(
+                f"unknown step form {self.form!r}; choose one of {', '.join(STEP_FORMS)}"
+            )
+
+
+def apply_steps(
+    qn: torch.Tensor, a: torch.Tensor, ar: Arithmetic, steps: Sequence[Step]
+) -> torch.Tensor:
+    """a after each of ``steps`` in turn. Per step, euler: t = a*a, u = t*qn,
+    e = 1-u, g = lambda*e, h = a*g, a = a+h; correction: t, u as before,
+    v = beta*u, e = gamma-v, h = a*e, a = a+h; newton (the classic code's
+    order): h = 0.5*qn once, then t = h*a, t = t*a, t = k-t, a = a*t."""
+    half = None
+    for step in steps:
+        if step.form == "newton":
+            half = ar.rnd(0.5 * qn) if half is None else half
+            t = ar.rnd(ar.rnd(half * a) * a)
+            a = ar.rnd(a * ar.rnd(ar.const(step.c1) - t))
+            continue
+        u = ar.rnd(ar.rnd(a * a) * qn)
+        if step.form == "euler":
+            e = ar.rnd(ar.const(step.c1) * ar.rnd(1.0 - u))
+        else:
+            e = ar.rnd(ar.const(step.c1) - ar.rnd(ar.const(step.c2) * u))
+        a = ar.rnd(a + ar.rnd(a * e))
+    return a
+
+
 def euler_steps(
     qn: torch.Tensor, a: torch.Tensor, ar: Arithmetic, rates: Sequence[float]
 ) -> torch.Tensor:
-    """IterL2Norm's scalar mode: a <- a + lambda * a * (1 - a**2 * qn).
-
-    One Euler step of dz/dt = (1 - |z|**2) z per rate; lambda = 1/2 is Newton.
-    Per step: t = a*a, u = t*qn, e = 1-u, g = lambda*e, h = a*g, a = a+h.
-    """
-    for rate in rates:
-        lam = ar.const(rate)
-        u = ar.rnd(ar.rnd(a * a) * qn)
-        g = ar.rnd(lam * ar.rnd(1.0 - u))
-        a = ar.rnd(a + ar.rnd(a * g))
-    return a
+    """IterL2Norm's scalar mode: a <- a + lambda * a * (1 - a**2 * qn), one
+    Euler step of dz/dt = (1 - |z|**2) z per rate; lambda = 1/2 is Newton."""
+    return apply_steps(qn, a, ar, [Step("euler", rate) for rate in rates])
 
 
 def newton_steps(
     qn: torch.Tensor, r: torch.Tensor, ar: Arithmetic, ks: Sequence[float]
 ) -> torch.Tensor:
-    """The FISR family's step r <- r * (k - (qn/2) * r * r), k per step.
-
-    Operation order of the classic code: h = 0.5*qn once, then per step
-    t = h*r, t = t*r, t = k - t, r = r*t. k = 1.5 is Newton's method.
-    """
-    if not ks:
-        return r
-    h = ar.rnd(0.5 * qn)
-    for k in ks:
-        t = ar.rnd(ar.rnd(h * r) * r)
-        r = ar.rnd(r * ar.rnd(ar.const(k) - t))
-    return r
+    """The FISR family's step r <- r * (k - (qn/2) * r * r), k per step;
+    k = 1.5 is Newton's method."""
+    return apply_steps(qn, r, ar, [Step("newton", k) for k in ks])
 
 
 def iteration(

@@ -30,19 +30,30 @@ the exhaustive tests in tests/test_schedules.py hold them to):
 
 Steps beyond a schedule's derived ones are Newton steps (gamma = beta = 1/2),
 which is what the minimax constants converge to.
+
+Every scalar iteration, a schedule's or the paper's (``init`` and
+``update_rate``) or FISR's, is described once as an :class:`Iteration`: its
+start and its :class:`~iterl2norm.rsqrt.Step` list, the constants as
+designed. The torch emulation (:func:`run`), the compiled kernels, the
+hardware model and the cost model all read that description.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from . import rsqrt
 from ._arith import Arithmetic
 from ._schedule_data import SCHEDULE_DATA
+from .formats import fisr_magic
+from .rsqrt import Step
 
-__all__ = ["SCHEDULES", "Schedule", "get_schedule"]
+__all__ = ["SCHEDULES", "Iteration", "Schedule", "Step", "get_schedule"]
+
+STARTS = ("exponent", "exponent+mantissa", "magic", "table")
 
 NEWTON = (0.5, 0.5)
 
@@ -65,7 +76,9 @@ class Schedule:
     start: str
     steps: tuple[tuple[float, float], ...]
     table: tuple | None = None
-    bounds: dict | None = None
+    # Derived from the rest, and a dict: not part of equality or the hash, so
+    # settings holding a schedule are hashable (and their validation cached).
+    bounds: dict | None = field(default=None, compare=False)
 
     def step_constants(self, steps: int) -> tuple[tuple[float, float], ...]:
         """(gamma, beta) for each of ``steps`` steps."""
@@ -98,24 +111,84 @@ def get_schedule(name) -> Schedule:
     raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
+@dataclass(frozen=True)
+class Iteration:
+    """The scalar iteration a_0, a_1, ..., a_N ~ qn**-0.5, as data.
+
+    Args:
+        start: ``"exponent"``, ``"exponent+mantissa"``, ``"magic"`` or ``"table"``
+            (see :func:`iterl2norm.rsqrt.initial_estimate` and
+            :func:`~iterl2norm.rsqrt.table_start`).
+        steps: one :class:`~iterl2norm.rsqrt.Step` per step.
+        table: the table start's (c0, c1) per segment, [parity][segment].
+        magic: the magic start's constant in the datapath format's bits; None
+            for FISR's 0x5F3759DF carried to that format (:func:`fisr_magic`).
+    """
+
+    start: str
+    steps: tuple[Step, ...]
+    table: tuple | None = None
+    magic: int | None = None
+
+    def __post_init__(self):
+        if self.start not in STARTS:
+            raise ValueError(f"unknown start {self.start!r}; choose one of {', '.join(STARTS)}")
+        if (self.start == "table") != (self.table is not None):
+            raise ValueError("a table start needs its table, and only it has one")
+
+    def magic_for(self, fmt) -> int:
+        """The magic start's constant in ``fmt``."""
+        return fisr_magic(fmt) if self.magic is None else self.magic
+
+
+def euler_iteration(init: str, rates: Sequence[float]) -> Iteration:
+    """The paper's iteration: ``init``, then one Euler step per update rate."""
+    return Iteration(init, tuple(Step("euler", rate) for rate in rates))
+
+
+def schedule_iteration(schedule: Schedule | str, steps: int) -> Iteration:
+    """``steps`` steps of a named schedule (the paper's: Euler steps at rate 1/2)."""
+    schedule = get_schedule(schedule)
+    if schedule.name == "paper":
+        return euler_iteration("exponent", (0.5,) * steps)
+    return Iteration(
+        schedule.start,
+        tuple(Step("correction", g, b) for g, b in schedule.step_constants(steps)),
+        schedule.table,
+    )
+
+
+def fisr_iteration(steps: int, magic: int | None = None, ks: Sequence[float] = ()) -> Iteration:
+    """The FISR family: the magic start, then Newton's product-form step with
+    k from ``ks`` first (InvSqrt2's modified constants), 1.5 after."""
+    ks = (*ks, *(1.5,) * max(steps - len(ks), 0))[:steps]
+    return Iteration("magic", tuple(Step("newton", k) for k in ks), magic=magic)
+
+
+def start_estimate(qn: torch.Tensor, ar: Arithmetic, iteration: Iteration) -> torch.Tensor:
+    """a_0 for the iteration's start."""
+    if iteration.start == "table":
+        return rsqrt.table_start(qn, ar, iteration.table)
+    if iteration.start == "magic":
+        return rsqrt.magic_estimate(qn, ar.fmt, iteration.magic_for(ar.fmt))
+    return rsqrt.initial_estimate(qn, ar, iteration.start)
+
+
+def run(qn: torch.Tensor, ar: Arithmetic, iteration: Iteration) -> torch.Tensor:
+    """qn**-0.5 by the iteration: its start, then its steps (rsqrt.apply_steps)."""
+    return rsqrt.apply_steps(qn, start_estimate(qn, ar, iteration), ar, iteration.steps)
+
+
 def start(qn: torch.Tensor, ar: Arithmetic, schedule: Schedule) -> torch.Tensor:
     """a_0 for the schedule's start."""
-    if schedule.start == "table":
-        return rsqrt.table_start(qn, ar, schedule.table)
-    return rsqrt.initial_estimate(qn, ar, schedule.start)
+    return start_estimate(qn, ar, schedule_iteration(schedule, 0))
 
 
 def correction_steps(qn: torch.Tensor, a: torch.Tensor, ar: Arithmetic, constants) -> torch.Tensor:
     """a <- a + a * (gamma - beta * a^2 qn) per (gamma, beta)."""
-    for gamma, beta in constants:
-        u = ar.rnd(ar.rnd(a * a) * qn)
-        e = ar.rnd(ar.const(gamma) - ar.rnd(ar.const(beta) * u))
-        a = ar.rnd(a + ar.rnd(a * e))
-    return a
+    return rsqrt.apply_steps(qn, a, ar, [Step("correction", g, b) for g, b in constants])
 
 
 def estimate(qn: torch.Tensor, ar: Arithmetic, *, schedule: Schedule, steps: int) -> torch.Tensor:
     """qn**-0.5 by ``steps`` steps of ``schedule`` (the paper's is the Euler step)."""
-    if schedule.name == "paper":
-        return rsqrt.iteration(qn, ar, rates=(0.5,) * steps, init="exponent")
-    return correction_steps(qn, start(qn, ar, schedule), ar, schedule.step_constants(steps))
+    return run(qn, ar, schedule_iteration(schedule, steps))

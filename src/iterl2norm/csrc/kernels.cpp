@@ -32,14 +32,16 @@
 
 namespace {
 
-// The scalar part: qn in [1/2, 2] -> a ~ qn^-1/2, start then steps.
+// The scalar part: qn in [1/2, 2] -> a ~ qn^-1/2, start then steps. It is
+// iterl2norm.schedules.Iteration with its constants as the datapath holds them
+// (built once per setting by _fused.kernel_iteration; Python's name: Iteration).
 struct Scalar {
-  int64_t start = 0;  // 0 exponent, 1 exponent+mantissa, 2 magic, 3 table
+  enum class Start { exponent, mantissa, magic, table } start = Start::exponent;
   float threshold = 0, down = 0, up = 0;  // exponent+mantissa
   int64_t magic = 0, mbits = 23, bias = 127;  // magic: constant and the format's fields
   int64_t segments = 0;
   std::vector<float> table;  // [parity][segment][c0, c1]
-  std::vector<int64_t> form;  // per step: 0 Euler (c1 = lambda), 1 correction (c1 = gamma, c2 = beta)
+  std::vector<bool> correction;  // per step: Euler (c1 = lambda) or correction (c1 = gamma, c2 = beta)
   std::vector<float> c1, c2;
 };
 
@@ -85,14 +87,14 @@ inline float decode(int64_t bits, const Scalar& s) {
 template <class Round>
 float estimate(float qn, const Scalar& s, Round rnd) {
   float a = 1.0f;
-  if (s.start == 1) {
+  if (s.start == Scalar::Start::mantissa) {
     bool odd = qn < 1.0f;
     float m = odd ? 2.0f * qn : qn;
     bool high = m >= s.threshold;
     a = odd ? (high ? 1.0f : s.up) : (high ? s.down : 1.0f);
-  } else if (s.start == 2) {
+  } else if (s.start == Scalar::Start::magic) {
     a = decode(s.magic - (encode(qn, s) >> 1), s);
-  } else if (s.start == 3) {
+  } else if (s.start == Scalar::Start::table) {
     bool even = qn >= 1.0f;
     float m = even ? qn : 2.0f * qn;
     int64_t i = (int64_t)std::floor((m - 1.0f) * (float)s.segments);
@@ -100,9 +102,9 @@ float estimate(float qn, const Scalar& s, Round rnd) {
     const float* c = &s.table[((even ? 1 : 0) * s.segments + i) * 2];
     a = rnd(c[0] - rnd(c[1] * qn));
   }
-  for (size_t n = 0; n < s.form.size(); ++n) {
+  for (size_t n = 0; n < s.correction.size(); ++n) {
     float u = rnd(rnd(a * a) * qn);
-    if (s.form[n] == 0) {
+    if (!s.correction[n]) {
       float g = rnd(s.c1[n] * rnd(1.0f - u));
       a = rnd(a + rnd(a * g));
     } else {
@@ -113,23 +115,38 @@ float estimate(float qn, const Scalar& s, Round rnd) {
   return a;
 }
 
-Scalar make_scalar(int64_t start, std::vector<double> start_params, std::vector<double> table,
-                   std::vector<int64_t> form, std::vector<double> c1, std::vector<double> c2) {
+// start and forms by the names of iterl2norm.schedules.Iteration and rsqrt.Step.
+Scalar make_scalar(const std::string& start, std::vector<double> start_params,
+                   std::vector<double> table, const std::vector<std::string>& forms,
+                   std::vector<double> c1, std::vector<double> c2) {
+  TORCH_CHECK(c1.size() == forms.size() && c2.size() == forms.size(),
+              "Iteration: one c1 and one c2 per step");
   Scalar s;
-  s.start = start;
-  if (start == 1) {
+  if (start == "exponent") {
+    s.start = Scalar::Start::exponent;
+  } else if (start == "exponent+mantissa") {
+    s.start = Scalar::Start::mantissa;
     s.threshold = (float)start_params.at(0);
     s.down = (float)start_params.at(1);
     s.up = (float)start_params.at(2);
-  } else if (start == 2) {
+  } else if (start == "magic") {
+    s.start = Scalar::Start::magic;
     s.magic = (int64_t)start_params.at(0);
     s.mbits = (int64_t)start_params.at(1);
     s.bias = (int64_t)start_params.at(2);
-  } else if (start == 3) {
+  } else if (start == "table") {
+    s.start = Scalar::Start::table;
     s.segments = (int64_t)start_params.at(0);
+    TORCH_CHECK((int64_t)table.size() == 4 * s.segments, "Iteration: 2 x segments x (c0, c1)");
     s.table.assign(table.begin(), table.end());
+  } else {
+    TORCH_CHECK(false, "Iteration: the kernels have no start '", start, "'");
   }
-  s.form = form;
+  for (const auto& form : forms) {
+    TORCH_CHECK(form == "euler" || form == "correction", "Iteration: the kernels have no step form '",
+                form, "'");
+    s.correction.push_back(form == "correction");
+  }
   s.c1.assign(c1.begin(), c1.end());
   s.c2.assign(c2.begin(), c2.end());
   return s;
@@ -796,9 +813,7 @@ const float* optional_ptr(const c10::optional<at::Tensor>& t) {
 
 std::vector<at::Tensor> native_forward(at::Tensor x, c10::optional<at::Tensor> weight,
                                        c10::optional<at::Tensor> bias, bool center, double inv_d,
-                                       double eps, int64_t start, std::vector<double> start_params,
-                                       std::vector<double> table, std::vector<int64_t> form,
-                                       std::vector<double> c1, std::vector<double> c2) {
+                                       double eps, const Scalar& s) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
               "native_forward: a contiguous 2-D CPU tensor");
   const int64_t rows = x.size(0), d = x.size(1);
@@ -806,7 +821,6 @@ std::vector<at::Tensor> native_forward(at::Tensor x, c10::optional<at::Tensor> w
   advise_huge_pages(out);
   auto mean = at::empty({rows}, x.options().dtype(at::kDouble));
   auto scale = at::empty({rows}, x.options().dtype(at::kDouble));
-  Scalar s = make_scalar(start, start_params, table, form, c1, c2);
   const float* w = optional_ptr(weight);
   const float* b = optional_ptr(bias);
   dispatch_storage(x.scalar_type(), [&](auto tag) {
@@ -845,15 +859,12 @@ std::vector<at::Tensor> native_backward(at::Tensor x, at::Tensor grad, at::Tenso
 at::Tensor emulated_forward(at::Tensor x, c10::optional<at::Tensor> weight,
                             c10::optional<at::Tensor> bias, std::string fmt, bool center,
                             double inv_d, bool has_inv_d, double eps, int64_t eps_floor,
-                            int64_t start, std::vector<double> start_params,
-                            std::vector<double> table, std::vector<int64_t> form,
-                            std::vector<double> c1, std::vector<double> c2) {
+                            const Scalar& s) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(),
               "emulated_forward: a contiguous 2-D CPU tensor");
   const int64_t rows = x.size(0), d = x.size(1);
   auto out = at::empty({rows, d}, x.options().dtype(at::kFloat));  // holds every value of fmt
   advise_huge_pages(out);
-  Scalar s = make_scalar(start, start_params, table, form, c1, c2);
   const float* w = optional_ptr(weight);
   const float* b = optional_ptr(bias);
   dispatch_storage(x.scalar_type(), [&](auto tag) {
@@ -914,6 +925,10 @@ void set_isa(const std::string& name) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<Scalar>(m, "Iteration",
+                     "iterl2norm.schedules.Iteration with its constants rounded to the datapath")
+      .def(py::init(&make_scalar), py::arg("start"), py::arg("start_params"), py::arg("table"),
+           py::arg("forms"), py::arg("c1"), py::arg("c2"));
   m.def("supported_isas", &supported_isas, "the instruction-set variants this CPU runs, narrowest first");
   m.def("current_isa", &current_isa, "the instruction-set variant in use");
   m.def("set_isa", &set_isa, "use this instruction-set variant (one of supported_isas())");

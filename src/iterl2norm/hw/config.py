@@ -5,16 +5,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-from .._validation import check_int
+from .._validation import MODES, check_int
 from ..formats import get_format
+from ..methods import method_name
 from ..rsqrt import INITS
-from ..schedules import SCHEDULES
+from ..schedules import (
+    SCHEDULES,
+    Iteration,
+    euler_iteration,
+    fisr_iteration,
+    schedule_iteration,
+)
 
 D_MIN, D_MAX = 64, 1024
 STATISTICS = ("three-pass", "two-pass", "l2")
 REDUCTIONS = ("tree", "accumulators")
-METHODS = ("iterl2norm", "fisr", "sqrt-divide")
-MODES = ("scalar", "vector")
+# The methods the unit can run, by their names in iterl2norm.methods.
+METHODS = ("iterl2norm", "fisr", "exact")
 # The paper's macro (DATE 2025): 116 cycles at d = 64, 227 at d = 1024, 100 MHz.
 PAPER_CYCLES = {64: 116, 1024: 227}
 
@@ -45,14 +52,15 @@ class UnitConfig:
         mode: ``"scalar"`` (iterate on the scale) or ``"vector"`` (update the
             whole vector every step).
         method: ``"iterl2norm"``, ``"fisr"`` (magic start, Newton steps) or
-            ``"sqrt-divide"`` (a square root, then a divider per lane).
+            ``"exact"`` (sqrt + divide: a square root, then a divider per lane;
+            the old name ``"sqrt-divide"`` still works, with a warning).
         steps: iteration (or Newton) steps.
         init: start of the paper's iteration (``"exponent"``,
             ``"exponent+mantissa"``, ``"magic"``); ignored with a schedule.
         schedule: a preset of :mod:`iterl2norm.schedules` (scalar mode).
         affine: LayerNorm's output, sqrt(d) * gamma * z + beta, with
             sqrt(d) * gamma precomputed per channel.
-        sqrt_latency, div_latency: for ``"sqrt-divide"``.
+        sqrt_latency, div_latency: for ``"exact"``.
         description: one line about the preset.
     """
 
@@ -91,11 +99,11 @@ class UnitConfig:
             raise ValueError(f"lanes must be a power of two up to {D_MIN}, got {self.lanes}")
         if self.acc_slots is not None:
             check_int(self.acc_slots, "acc_slots", minimum=1)
+        object.__setattr__(self, "method", method_name(self.method, METHODS))
         for value, name, choices in (
             (self.reduction, "reduction", REDUCTIONS),
             (self.statistics, "statistics", STATISTICS),
             (self.mode, "mode", MODES),
-            (self.method, "method", METHODS),
             (self.init, "init", INITS),
         ):
             if value not in choices:
@@ -120,6 +128,16 @@ class UnitConfig:
     @property
     def slots(self) -> int:
         return self.acc_slots if self.acc_slots is not None else self.add_latency
+
+    @property
+    def iteration(self) -> Iteration:
+        """The scalar unit's start and steps (iterl2norm.schedules); the
+        exact method (sqrt + divide) has none."""
+        if self.method == "fisr":
+            return fisr_iteration(self.steps)
+        if self.schedule is not None:
+            return schedule_iteration(self.schedule, self.steps)
+        return euler_iteration(self.init, (0.5,) * self.steps)
 
     def with_(self, **changes) -> UnitConfig:
         """A copy with some fields changed (validated again)."""
@@ -210,7 +228,7 @@ PRESETS: dict[str, UnitConfig] = {
             mul_latency=3,
             add_latency=3,
             affine=False,
-            method="sqrt-divide",
+            method="exact",
             sqrt_latency=12,
             div_latency=12,
             description="the textbook alternative on paper-l2-fp32's datapath: a square "

@@ -84,13 +84,7 @@ def statistics(v: torch.Tensor, cfg: UnitConfig, ar: Arithmetic):
 
 def estimate(qn: torch.Tensor, cfg: UnitConfig, ar: Arithmetic) -> torch.Tensor:
     """qn^-1/2 by the configured method (scalar mode)."""
-    if cfg.method == "fisr":
-        return rsqrt.fisr(qn, ar, steps=cfg.steps, magic=None)
-    if cfg.schedule is not None:
-        return schedules.estimate(
-            qn, ar, schedule=schedules.get_schedule(cfg.schedule), steps=cfg.steps
-        )
-    return rsqrt.iteration(qn, ar, rates=(0.5,) * cfg.steps, init=cfg.init)
+    return schedules.run(qn, ar, cfg.iteration)
 
 
 def reference(
@@ -120,7 +114,7 @@ def reference(
             g = ar.rnd(0.5 * ar.rnd(1.0 - ar.rnd(w)))
             z = ar.rnd(z + ar.rnd(g * z))
         out = z
-    elif cfg.method == "sqrt-divide":
+    elif cfg.method == "exact":
         out = ar.rnd(ar.scale(ys, shift) / ar.sqrt(qn))
     else:
         out = ar.rnd(ys * ar.scale(estimate(qn, cfg, ar), shift))

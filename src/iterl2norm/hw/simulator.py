@@ -21,8 +21,7 @@ import torch
 
 from .. import rsqrt
 from .._pipeline import row_exponent
-from ..formats import fisr_magic
-from ..schedules import get_schedule
+from ..schedules import start_estimate
 from .config import UnitConfig, check_d
 from .reference import affine_constants, arithmetic
 
@@ -172,23 +171,16 @@ class Machine:
 
 
 def _start(m: Machine, qn: Value) -> Value:
-    cfg, ar = m.cfg, m.ar
-    if cfg.method == "fisr":
-        return m.op("exp", "int", lambda q: rsqrt.magic_estimate(q, ar.fmt, fisr_magic(ar.fmt)), qn)
-    if cfg.schedule is not None and cfg.schedule != "paper":
-        schedule = get_schedule(cfg.schedule)
-        if schedule.start == "table":  # read (c0, c1) from ROM, then c0 - c1 qn
-            c0, c1 = rsqrt.table_lookup(qn.data, ar, schedule.table)
-            coeff = m.op("exp", "lut", lambda _: c1, qn)
-            product = m.op("scalar.mul", "mul", lambda c, q: ar.rnd(c * q), coeff, qn)
-            return m.op("scalar.add", "add", lambda p: ar.rnd(c0 - p), product)
-        init = schedule.start
-    else:
-        init = cfg.init
-    if init == "exponent":
+    ar, iteration = m.ar, m.cfg.iteration
+    if iteration.start == "table":  # read (c0, c1) from ROM, then c0 - c1 qn
+        c0, c1 = rsqrt.table_lookup(qn.data, ar, iteration.table)
+        coeff = m.op("exp", "lut", lambda _: c1, qn)
+        product = m.op("scalar.mul", "mul", lambda c, q: ar.rnd(c * q), coeff, qn)
+        return m.op("scalar.add", "add", lambda p: ar.rnd(c0 - p), product)
+    if iteration.start == "exponent":
         return m.free(torch.ones_like(qn.data), qn.ready)  # a_0 = 1: the split did the work
-    kind = "cmp" if init == "exponent+mantissa" else "int"
-    return m.op("exp", kind, lambda q: rsqrt.initial_estimate(q, ar, init), qn)
+    kind = "cmp" if iteration.start == "exponent+mantissa" else "int"
+    return m.op("exp", kind, lambda q: start_estimate(q, ar, iteration), qn)
 
 
 def _statistics(m: Machine, v: torch.Tensor, marks: dict):
@@ -263,7 +255,7 @@ def simulate(
 
     if cfg.mode == "vector":
         outs = _vector(m, v, y_of, j, a, marks)
-    elif cfg.method == "sqrt-divide":
+    elif cfg.method == "exact":
         root = m.op("sqrt", "sqrt", lambda q_: ar.sqrt(q_), qn)
         marks["square root"] = root.ready
         outs = [
@@ -317,31 +309,25 @@ def _steps(m: Machine, qn: Value, a: Value, marks: dict) -> Value:
             return m.op("exp", "exp", lambda x: ar.rnd(cc * x), v)
         return m.op("scalar.mul", "mul", lambda x: ar.rnd(cc * x), v)
 
-    if cfg.method == "fisr":
-        h = times(0.5, qn) if cfg.steps else None
-        for n in range(cfg.steps):
-            t = m.op("scalar.mul", "mul", mul, h, a)
+    half = None  # h = qn/2 of the Newton form, once
+    for n, step in enumerate(cfg.iteration.steps):  # in rsqrt.apply_steps's order
+        c1 = m.const(ar.const(step.c1))
+        if step.form == "newton":
+            half = times(0.5, qn) if half is None else half
+            t = m.op("scalar.mul", "mul", mul, half, a)
             t = m.op("scalar.mul", "mul", mul, t, a)
-            t = m.op("scalar.add", "add", sub, m.const(1.5), t)
+            t = m.op("scalar.add", "add", sub, c1, t)
             a = m.op("scalar.mul", "mul", mul, a, t)
-            marks[f"step {n + 1}"] = a.ready
-        return a
-    schedule = get_schedule(cfg.schedule) if cfg.schedule not in (None, "paper") else None
-    if schedule is not None:
-        for n, (gamma, beta) in enumerate(schedule.step_constants(cfg.steps)):
+        else:
             t = m.op("scalar.mul", "mul", mul, a, a)
             u = m.op("scalar.mul", "mul", mul, t, qn)
-            e = m.op("scalar.add", "add", sub, m.const(ar.const(gamma)), times(beta, u))
-            h = m.op("scalar.mul", "mul", mul, a, e)
+            if step.form == "euler":
+                e = m.op("scalar.add", "add", sub, m.const(1.0), u)
+                h = m.op("scalar.mul", "mul", mul, a, times(step.c1, e))
+            else:
+                e = m.op("scalar.add", "add", sub, c1, times(step.c2, u))
+                h = m.op("scalar.mul", "mul", mul, a, e)
             a = m.op("scalar.add", "add", add, a, h)
-            marks[f"step {n + 1}"] = a.ready
-        return a
-    for n in range(cfg.steps):  # the paper's Euler step, update rate 1/2
-        t = m.op("scalar.mul", "mul", mul, a, a)
-        u = m.op("scalar.mul", "mul", mul, t, qn)
-        e = m.op("scalar.add", "add", sub, m.const(1.0), u)
-        h = m.op("scalar.mul", "mul", mul, a, times(0.5, e))
-        a = m.op("scalar.add", "add", add, a, h)
         marks[f"step {n + 1}"] = a.ready
     return a
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..formats import get_format
+from ..formats import EVALUATED, get_format
 from .convergence import INITS, RATES, convergence_rows, method_rows
 from .inputs import KINDS, OPT_DIMS, load_rows, make_inputs, row_statistics
 from .precision import precision_rows
 
-FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+FORMATS = EVALUATED
 PARTS = ("precision", "convergence")
 
 __all__ = ["OPT_DIMS", "PARTS", "StudyConfig", "run_study"]

@@ -17,8 +17,9 @@ import torch
 from .. import rsqrt
 from .._arith import Arithmetic
 from ..formats import decode, get_format, pow2, round_to_format, sqrt_rn
+from ..methods import METHODS
+from ..rsqrt import INITS
 
-INITS = ("exponent", "exponent+mantissa", "magic")
 RATES = (0.5, 0.25, 0.375, 0.75)
 
 
@@ -120,10 +121,10 @@ def convergence_rows(
     return rows
 
 
-PEERS = {  # name: (estimate(qn, ar, steps), steps to sweep)
-    "FISR": (lambda qn, ar, n: rsqrt.fisr(qn, ar, steps=n, magic=None), 3),
-    "InvSqrt2": (lambda qn, ar, n: rsqrt.invsqrt2(qn, ar, steps=n), 3),
-    "SQRT_23-bits": (lambda qn, ar, n: rsqrt.sqrt23(qn, ar, steps=n), 3),
+PEERS = {  # shown name: (estimate(qn, ar, steps), steps to sweep)
+    METHODS["fisr"]: (lambda qn, ar, n: rsqrt.fisr(qn, ar, steps=n, magic=None), 3),
+    METHODS["invsqrt2"]: (lambda qn, ar, n: rsqrt.invsqrt2(qn, ar, steps=n), 3),
+    METHODS["sqrt23"]: (lambda qn, ar, n: rsqrt.sqrt23(qn, ar, steps=n), 3),
 }
 
 
@@ -173,7 +174,7 @@ def method_rows(
     return rows
 
 
-_PEER_COST = {"FISR": "fisr", "InvSqrt2": "invsqrt2", "SQRT_23-bits": "sqrt23"}
+_PEER_COST = {METHODS[name]: name for name in ("fisr", "invsqrt2", "sqrt23")}
 
 
 def full_precision_steps(rows: list[dict]) -> dict[tuple[str, str], int | None]:

@@ -18,6 +18,7 @@ from .. import rsqrt
 from .._arith import Arithmetic
 from .._pipeline import divide_output, front_end, multiply_output, vector_iterates
 from ..cost import estimate_cost
+from ..methods import METHODS
 
 # The paper's settings for IterL2Norm: exponent start, update rate 1/2.
 PAPER_RATE = 0.5
@@ -27,7 +28,7 @@ PAPER_RATE = 0.5
 class MethodRun:
     """One (method, settings, steps) cell of the study."""
 
-    method: str  # iterl2norm, fisr, invsqrt2, sqrt23, exact
+    method: str  # a key of iterl2norm.methods.METHODS
     steps: int
     init: str = "-"
     mode: str = "scalar"
@@ -38,15 +39,9 @@ class MethodRun:
             extra = "" if self.init == "exponent" else f", {self.init} start"
             extra += "" if self.mode == "scalar" else ", vector mode"
             return f"IterL2Norm {self.steps} step{'s' * (self.steps != 1)}{extra}"
-        names = {
-            "fisr": "FISR",
-            "invsqrt2": "InvSqrt2",
-            "sqrt23": "SQRT_23-bits",
-            "exact": "sqrt + divide",
-        }
         if self.method == "exact":
-            return names["exact"]
-        return f"{names[self.method]} {self.steps} step{'s' * (self.steps != 1)}"
+            return METHODS["exact"]
+        return f"{METHODS[self.method]} {self.steps} step{'s' * (self.steps != 1)}"
 
     def cost(self, d: int):
         if self.method == "iterl2norm":
