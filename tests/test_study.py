@@ -25,6 +25,7 @@ from iterl2norm import (
 from iterl2norm.cli import main
 from iterl2norm.formats import FORMATS
 from iterl2norm.study import OPT_DIMS
+from iterl2norm.study._shared import pareto
 from iterl2norm.study.convergence import (
     correctly_rounded_rsqrt,
     every_q,
@@ -33,7 +34,7 @@ from iterl2norm.study.convergence import (
 )
 from iterl2norm.study.inputs import make_inputs, row_statistics
 from iterl2norm.study.precision import method_runs, outputs
-from iterl2norm.study.report import pareto, wins
+from iterl2norm.study.report import wins
 
 FORMATS_STUDIED = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 

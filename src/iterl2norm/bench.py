@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _fused, functional, iterl2norm
+from ._env import environment as shared_environment
+from ._env import progress_bar
 
 SHAPES = ((4096, 4096), (16384, 768), (2048, 12288), (8, 2048, 576))
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -352,8 +354,6 @@ def model_available() -> bool:
 
 def run(plan: Plan, progress: bool = True) -> list[Row]:
     """Every case of ``plan``; rows in the order of the table."""
-    from tqdm import tqdm
-
     cases = [("forward", s, dt) for s in plan.shapes for dt in DTYPES]
     backward_shapes = plan.shapes[:1] if plan.quick else plan.shapes
     cases += [("backward", s, dt) for s in backward_shapes for dt in DTYPES]
@@ -367,13 +367,7 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
     with_model = plan.model and model_available()
     total = sum(plan.rounds_of(case) for case, _, _ in cases)
     total += max(3, plan.rounds // 3) if with_model else 0
-    bar = tqdm(
-        total=total,
-        desc="bench",
-        unit="round",
-        dynamic_ncols=True,
-        disable=None if progress else True,
-    )
+    bar = progress_bar(total, unit="round", desc="bench", enabled=progress)
     rows: list[Row] = []
     gen = torch.Generator().manual_seed(0)
     for case, shape, dtype in cases:
@@ -405,9 +399,7 @@ def _cpu_model() -> str:
 
 def environment() -> dict[str, str]:
     """Versions, machine and the settings that move the numbers."""
-    from .study import environment as study_environment
-
-    env = study_environment()
+    env = shared_environment()
     return {
         "date": env["date"],
         "git_revision": env["git_revision"],

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .methods import method_name
 from .schedules import Iteration, Step, euler_iteration, fisr_iteration, schedule_iteration
 
 __all__ = ["Cost", "estimate_cost", "iteration_cost"]
@@ -121,6 +122,7 @@ def estimate_cost(
     >>> estimate_cost("iterl2norm", 2, schedule="table")
     Cost(multiplies=7, adds=5, pow2_scalings=2, integer_ops=0, compares=0, sqrts=0, divides=0, table_entries=32)
     """  # noqa: E501
+    method = method_name(method)
     rates = tuple(update_rate) if isinstance(update_rate, Sequence) else (update_rate,) * steps
     if method == "iterl2norm" and schedule is not None:
         return schedule_cost(schedule, steps)
@@ -141,11 +143,7 @@ def estimate_cost(
             else Cost()
         )
         return _INIT_COST["magic"] + first + later
-    if method == "exact":
-        # sqrt(qn), then d divisions in place of the final scaling.
-        if d is None:
-            raise ValueError("the exact method divides every element; pass d")
-        return Cost(sqrts=1, divides=d)
-    raise ValueError(
-        f"unknown method {method!r}; choose iterl2norm, fisr, invsqrt2, sqrt23 or exact"
-    )
+    # exact: sqrt(qn), then d divisions in place of the final scaling.
+    if d is None:
+        raise ValueError("the exact method divides every element; pass d")
+    return Cost(sqrts=1, divides=d)

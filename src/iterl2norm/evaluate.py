@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._env import progress_bar
 from .patching import find_norms, patched
 
 __all__ = [
@@ -80,11 +81,7 @@ def settings_grid(
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="window", dynamic_ncols=True, disable=None)
+    return progress_bar(total, unit="window", desc=desc, enabled=enabled)
 
 
 def perplexity(
@@ -130,10 +127,8 @@ def perplexity(
             targets = window[0, -scored:]
             nll -= logp.gather(1, targets[:, None]).sum().item()
             count += scored
-            if bar:
-                bar.update()
-    if bar:
-        bar.close()
+            bar.update()
+    bar.close()
     return {"ppl": math.exp(nll / count), "nll": nll, "tokens": count, "windows": len(spans)}
 
 
@@ -221,10 +216,8 @@ def embedding_fidelity(
                 "min_cos": cos.min().item(),
             }
         )
-        if bar:
-            bar.update()
-    if bar:
-        bar.close()
+        bar.update()
+    bar.close()
     return rows
 
 

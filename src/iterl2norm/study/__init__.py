@@ -8,16 +8,12 @@ and ``"convergence"`` (worst case over every input, per step, init and rate).
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from .. import __version__
+from .._env import environment, progress_bar
 from ..formats import EVALUATED, get_format
 from .convergence import INITS, RATES, convergence_rows, method_rows
 from .inputs import KINDS, OPT_DIMS, load_rows, make_inputs, row_statistics
@@ -71,32 +67,6 @@ class StudyConfig:
             raise ValueError("vectors and fp32_stride must be positive")
 
 
-def environment() -> dict[str, str]:
-    """Versions and machine, stored with every result."""
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        revision = ""
-    return {
-        "iterl2norm": __version__,
-        "git_revision": revision or "unknown",
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
-        "cpu_threads": str(torch.get_num_threads()),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
 def _tasks(config: StudyConfig, file_rows: torch.Tensor | None):
     for fmt in config.formats:
         for kind in config.inputs:
@@ -124,7 +94,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
         "convergence": [],
         "methods": [],
     }
-    bar = _progress(len(tasks), progress)
+    bar = progress_bar(len(tasks), unit="task", enabled=progress)
     for part, fmt, kind, d in tasks:
         bar.set_description(f"{part} {fmt}" + (f" {kind} d={d}" if kind else ""))
         if part == "precision":
@@ -153,27 +123,3 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
         results["config"]["input_file_rows"] = file_rows.shape[0]
         results["config"]["input_file_stats"] = row_statistics(file_rows)
     return results
-
-
-class _Silent:
-    def set_description(self, _):
-        pass
-
-    def update(self):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _Silent()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        raise ImportError(
-            "the study's progress bar needs tqdm: pip install 'iterl2norm[study]'"
-        ) from None
-    # disable=None: a bar on a terminal, silence in logs and pipes.
-    return tqdm(total=total, unit="task", dynamic_ncols=True, disable=None)

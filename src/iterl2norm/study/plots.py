@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._env import pyplot
 from ..formats import get_format
-from .report import COST_D, COST_INPUT, HEADLINE, PEER_NAMES, _key, pareto
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(
-            "the study's plots need matplotlib: pip install 'iterl2norm[study]' "
-            "(or pass --no-plots)"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ._shared import COST_INPUT, HEADLINE, PEER_NAMES, cost_d, method_key, pareto
 
 
 def _grid(plt, n: int, title: str):
@@ -56,7 +43,7 @@ def plot_precision(results: dict, out: Path, plt) -> Path:
             pts = sorted(
                 (r["d"], r["mean_abs"], r["label"])
                 for r in rows
-                if r["format"] == fmt and _key(r) == key
+                if r["format"] == fmt and method_key(r) == key
             )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=pts[0][2], **_style(key))
@@ -73,7 +60,7 @@ def plot_cost(results: dict, out: Path, plt) -> Path:
         if r["input"] == COST_INPUT and r["mode"] == "scalar" and r["method"] != "exact"
     ]
     dims = sorted({r["d"] for r in rows})
-    d = COST_D if COST_D in dims else dims[len(dims) // 2]
+    d = cost_d(dims)
     rows = [r for r in rows if r["d"] == d]
     formats = list(dict.fromkeys(r["format"] for r in rows))
     fig, axes = _grid(
@@ -136,7 +123,7 @@ def plot_modes(results: dict, out: Path, plt) -> Path:
         if r["input"] == COST_INPUT and r["method"] == "iterl2norm" and r["init"] == "exponent"
     ]
     dims = sorted({r["d"] for r in rows})
-    d = COST_D if COST_D in dims else dims[len(dims) // 2]
+    d = cost_d(dims)
     formats = list(dict.fromkeys(r["format"] for r in rows))
     fig, axes = _grid(plt, len(formats), f"Scalar vs vector mode (d = {d}, {COST_INPUT} inputs)")
     for ax, fmt in zip(axes, formats, strict=True):
@@ -227,7 +214,7 @@ def plot_methods(results: dict, out: Path, plt) -> Path:
 
 def plot_all(results: dict, out: Path) -> list[Path]:
     """Every figure the results support; returns their paths."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     if results["precision"]:
         inputs = {r["input"] for r in results["precision"]}

@@ -8,31 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from .._markdown import table
-from .convergence import PEERS, full_precision_steps, steps_to_converge
+from ._shared import COST_INPUT, HEADLINE, PEER_NAMES, cost_d, method_key, pareto
+from .convergence import full_precision_steps, steps_to_converge
 from .inputs import DESCRIPTIONS, OPT_DIMS
 
 # The paper's win counts of IterL2Norm (5 steps) over FISR (1 step), out of 9.
 PAPER_WINS = {"fp32": "6/9", "bf16": "5/9"}
-HEADLINE = [  # (method, init, mode, steps) shown in the per-format precision tables
-    *[("iterl2norm", "exponent", "scalar", n) for n in range(1, 6)],
-    ("fisr", "-", "scalar", 1),
-    ("fisr", "-", "scalar", 2),
-    ("invsqrt2", "-", "scalar", 2),
-    ("sqrt23", "-", "scalar", 2),
-    ("exact", "-", "scalar", 0),
-]
-PEER_NAMES = tuple(PEERS)
-COST_D = 4096  # the d of the equal-cost and mode tables and plots
-
-# Unit Gaussian rows all have q close to d, so for them the exponent start's
-# error is a function of d alone (u_0 ~ 1 at d = 4096, ~ 1/2 at d = 2048). The
-# equal-cost and mode comparisons use randomly scaled rows, whose u_0 spread
-# over the whole start interval, so that no method is favoured by the choice of d.
-COST_INPUT = "scaled"
-
-
-def _key(row: dict) -> tuple:
-    return (row["method"], row["init"], row["mode"], row["steps"])
 
 
 def _fmt(value: float) -> str:
@@ -41,7 +22,7 @@ def _fmt(value: float) -> str:
 
 def _index(rows: list[dict]) -> dict:
     """{(input, format, d, method key): row}"""
-    return {(r["input"], r["format"], r["d"], _key(r)): r for r in rows}
+    return {(r["input"], r["format"], r["d"], method_key(r)): r for r in rows}
 
 
 def wins(rows: list[dict], metric: str = "mean_abs") -> dict[tuple[str, str], tuple[int, int]]:
@@ -57,14 +38,6 @@ def wins(rows: list[dict], metric: str = "mean_abs") -> dict[tuple[str, str], tu
         out[fmt, inp][0] += row[metric] < fisr[metric]
         out[fmt, inp][1] += 1
     return {k: tuple(v) for k, v in out.items()}
-
-
-def pareto(points: list[tuple[int, float]]) -> list[bool]:
-    """Which (cost, error) points no other point beats on both (ties allowed)."""
-    return [
-        not any((c2 <= c and e2 < e) or (c2 < c and e2 <= e) for c2, e2 in points)
-        for c, e in points
-    ]
 
 
 def _file_description(cfg: dict) -> str:
@@ -135,7 +108,7 @@ def _precision_section(results: dict) -> list[str]:
 def _cost_section(rows: list[dict], formats: list[str], dims: list[int]) -> list[str]:
     if not dims:
         return []
-    d = COST_D if COST_D in dims else dims[len(dims) // 2]
+    d = cost_d(dims)
     scalar = [
         r
         for r in rows
@@ -145,10 +118,10 @@ def _cost_section(rows: list[dict], formats: list[str], dims: list[int]) -> list
         and r["method"] != "exact"
     ]
     keys = sorted(
-        {_key(r) for r in scalar},
-        key=lambda k: (next(r["multiplies"] for r in scalar if _key(r) == k), k),
+        {method_key(r) for r in scalar},
+        key=lambda k: (next(r["multiplies"] for r in scalar if method_key(r) == k), k),
     )
-    by = {(r["format"], _key(r)): r for r in scalar}
+    by = {(r["format"], method_key(r)): r for r in scalar}
     front = {}
     for fmt in formats:
         pts = [(by[fmt, k]["multiplies"], by[fmt, k]["mean_abs"]) for k in keys]
@@ -213,7 +186,7 @@ def _cost_section(rows: list[dict], formats: list[str], dims: list[int]) -> list
 def _modes_section(rows: list[dict], formats: list[str], dims: list[int]) -> list[str]:
     if not dims:
         return []
-    d = COST_D if COST_D in dims else dims[len(dims) // 2]
+    d = cost_d(dims)
     idx = _index(rows)
     body = []
     for fmt in formats:
@@ -267,9 +240,9 @@ def _inputs_section(rows: list[dict], formats: list[str], inputs: list[str]) -> 
     worst: dict = {}
     labels = {}
     for r in rows:
-        k = (r["format"], r["input"], _key(r))
+        k = (r["format"], r["input"], method_key(r))
         worst[k] = max(worst.get(k, 0.0), r["max_abs"])
-        labels[_key(r)] = r["label"]
+        labels[method_key(r)] = r["label"]
     body = [
         [fmt, inp, *(_fmt(worst[fmt, inp, k]) if (fmt, inp, k) in worst else "-" for k in keys)]
         for fmt in formats

@@ -6,11 +6,13 @@ import json
 import shlex
 from pathlib import Path
 
-from ._cli_args import check_output_path
-from ._markdown import table
+from .._markdown import table
+from ._args import check_output_path
+
+COMMANDS = ("bench",)
 
 
-def add_command(sub) -> None:
+def add_commands(sub) -> None:
     bench = sub.add_parser(
         "bench",
         help="time the native, emulated and patched-model paths against PyTorch",
@@ -37,7 +39,7 @@ def add_command(sub) -> None:
 
 
 def run(args, argv) -> int:
-    from . import bench
+    from .. import bench
 
     plan = bench.Plan(quick=args.quick, model=not args.no_model)
     check_output_path(args.csv)

@@ -8,14 +8,15 @@ import os
 import time
 from pathlib import Path
 
-from ._cli_args import check_output_path, positive_int
-from ._markdown import table
+from .._env import environment
+from .._markdown import table
+from ._args import check_output_path, nonnegative_int, positive_int
 
 COMMANDS = ("perplexity", "embed", "capture")
 
 
 def _fmt_choice(text: str) -> str | None:
-    from .formats import get_format
+    from ..formats import get_format
 
     if text == "native":
         return None
@@ -23,16 +24,6 @@ def _fmt_choice(text: str) -> str | None:
         return get_format(text).name
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a step count, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a step count >= 0, got {text!r}")
-    return value
 
 
 def add_commands(sub) -> None:
@@ -50,7 +41,7 @@ def add_commands(sub) -> None:
     settings.add_argument(
         "--steps",
         nargs="+",
-        type=_steps,
+        type=nonnegative_int,
         default=[1, 2, 3, 4, 5],
         metavar="N",
         help="IterL2Norm step counts (default: 1 2 3 4 5)",
@@ -137,12 +128,6 @@ def add_commands(sub) -> None:
     cap.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
 
 
-def _environment() -> dict:
-    from .study import environment
-
-    return environment()
-
-
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
         Path(path).write_text(json.dumps(payload, indent=1) + "\n")
@@ -152,8 +137,8 @@ def run(args, argv) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the models ship in packages: no hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     check_output_path(getattr(args, "json", None))
-    from . import evaluate
-    from .schedules import get_schedule
+    from .. import evaluate
+    from ..schedules import get_schedule
 
     if getattr(args, "schedule", None) is not None:
         get_schedule(args.schedule)
@@ -168,7 +153,7 @@ def run(args, argv) -> int:
 
 
 def _perplexity(args, evaluate, text, text_path, command, start) -> int:
-    from .models import load_causal_lm
+    from ..models import load_causal_lm
 
     model, tokenizer = load_causal_lm(args.model)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
@@ -187,7 +172,7 @@ def _perplexity(args, evaluate, text, text_path, command, start) -> int:
         + "\n"
     )
     print(table(["norm", "perplexity", "ratio to exact"], body))
-    env = _environment()
+    env = environment()
     print(f"\n{command}; torch {env['torch']}; {time.perf_counter() - start:.0f} s")
     config = {
         "model": args.model,
@@ -202,7 +187,7 @@ def _perplexity(args, evaluate, text, text_path, command, start) -> int:
 
 
 def _embed(args, evaluate, text, text_path, command, start) -> int:
-    from .models import load_encoder
+    from ..models import load_encoder
 
     encoder, tokenizer = load_encoder(args.model)
     texts = evaluate.sentences(text, args.sentences)
@@ -213,7 +198,7 @@ def _embed(args, evaluate, text, text_path, command, start) -> int:
     body = [[r["setting"], f"{r['mean_cos']:.7f}", f"{r['min_cos']:.7f}"] for r in rows]
     print(f"# Embedding fidelity: {args.model}, {len(texts)} sentences of {text_path.name}\n")
     print(table(["norm", "mean cosine to exact", "min cosine to exact"], body))
-    env = _environment()
+    env = environment()
     print(f"\n{command}; torch {env['torch']}; {time.perf_counter() - start:.0f} s")
     config = {"model": args.model, "text": str(text_path), "sentences": len(texts)}
     _write_json(args.json, {"command": command, "config": config, "environment": env, "rows": rows})
@@ -221,7 +206,7 @@ def _embed(args, evaluate, text, text_path, command, start) -> int:
 
 
 def _capture(args, evaluate, text, text_path, command) -> int:
-    from .models import load_causal_lm, load_encoder
+    from ..models import load_causal_lm, load_encoder
 
     out = Path(args.out)
     if out.suffix != ".npy":

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import torch
 
-from ._cli_args import check_output_path
-from ._markdown import table
+from .._markdown import table
+from ._args import check_output_path, positive_int
 
 DIMS = (64, 128, 256, 512, 768, 1024)
 
 
-def add_command(sub) -> None:
+COMMANDS = ("hw",)
+
+
+def add_commands(sub) -> None:
     hw = sub.add_parser(
         "hw",
         help="the hardware unit model: cycles per preset and d, stages, precision",
@@ -29,14 +32,14 @@ def add_command(sub) -> None:
     hw.add_argument(
         "--dims",
         nargs="+",
-        type=int,
+        type=positive_int,
         default=list(DIMS),
         metavar="D",
         help="vector lengths, 64..1024 (default: 64 128 256 512 768 1024)",
     )
     hw.add_argument(
         "--vectors",
-        type=int,
+        type=positive_int,
         default=32,
         help="random vectors for the precision column (default: 32)",
     )
@@ -69,8 +72,8 @@ def _exact(x: torch.Tensor, cfg) -> torch.Tensor:
 
 
 def run(args, argv) -> int:
-    from .hw import PAPER_CYCLES, PRESETS, check_d, get_preset, simulate
-    from .hw.reference import arithmetic
+    from ..hw import PAPER_CYCLES, PRESETS, check_d, get_preset, simulate
+    from ..hw.reference import arithmetic
 
     if args.vectors < 1:
         raise ValueError(f"--vectors must be positive, got {args.vectors}")
@@ -170,9 +173,9 @@ def _print(results, dims, paper) -> None:
 
 
 def _plot(results, dims, paper, path: Path) -> None:
-    from .study.plots import _pyplot
+    from .._env import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in results:
         ax.plot(dims, [r["latency"][d] for d in dims], "-o", ms=3, label=r["preset"])
