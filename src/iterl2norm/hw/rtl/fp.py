@@ -1,0 +1,270 @@
+"""Floating-point operators in Amaranth: one classifier, one rounder, and the
+multiplier and adder built on them, for any format of iterl2norm.formats.
+
+Every operator computes exactly what the library's ``Arithmetic`` does for
+that operation: the exact result rounded once to the format, to nearest with
+ties to even, subnormals kept, overflow to infinity. NaN results are the
+format's canonical quiet NaN (the sign and payload of a NaN are not part of
+the definition). Formats with infinities and IEEE NaNs (fp32, fp16, bf16) are
+supported; the FP8 E4M3 encoding, which saturates, is not.
+
+The operators are combinational cores wrapped in ``latency`` pipeline
+registers placed at the output (synthesis retimes them into the core); a
+``valid`` bit travels with the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ...formats import Format, get_format
+
+__all__ = ["SUPPORTED", "FpAdd", "FpFormat", "FpMul"]
+
+SUPPORTED = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class FpFormat:
+    """Field widths of a format, as the hardware sees them."""
+
+    name: str
+    ebits: int
+    mbits: int
+    bias: int
+
+    @classmethod
+    def of(cls, fmt: str | Format) -> FpFormat:
+        f = get_format(fmt)
+        if f.name not in SUPPORTED:
+            raise ValueError(f"the RTL supports the formats {', '.join(SUPPORTED)}, got {f.name!r}")
+        return cls(f.name, f.exponent_bits, f.mantissa_bits, f.bias)
+
+    @property
+    def width(self) -> int:
+        return 1 + self.ebits + self.mbits
+
+    @property
+    def precision(self) -> int:
+        return self.mbits + 1
+
+    @property
+    def emin(self) -> int:
+        return 1 - self.bias
+
+    @property
+    def exp_shape(self):
+        """Wide enough for every exponent a product or sum passes through."""
+        return signed(self.ebits + 4)
+
+    def quiet_nan(self) -> int:
+        return (((1 << self.ebits) - 1) << self.mbits) | (1 << (self.mbits - 1))
+
+    def infinity(self, sign) -> Cat:
+        return Cat(Const(0, self.mbits), Const((1 << self.ebits) - 1, self.ebits), sign)
+
+
+class Unpacked:
+    """The classifier: one operand's sign, significand and exponent (value =
+    sig * 2**exp, the hidden bit set for normals) and its class."""
+
+    def __init__(self, m: Module, fmt: FpFormat, bits, name: str):
+        e_field = bits[fmt.mbits : fmt.mbits + fmt.ebits]
+        frac = bits[: fmt.mbits]
+        top = (1 << fmt.ebits) - 1
+        self.sign = bits[-1]
+        self.is_sub = e_field == 0
+        self.is_zero = self.is_sub & (frac == 0)
+        self.is_inf = (e_field == top) & (frac == 0)
+        self.is_nan = (e_field == top) & (frac != 0)
+        self.sig = Signal(fmt.precision, name=f"{name}_sig")
+        self.exp = Signal(fmt.exp_shape, name=f"{name}_exp")
+        m.d.comb += [
+            self.sig.eq(Cat(frac, ~self.is_sub)),
+            self.exp.eq(Mux(self.is_sub, fmt.emin, e_field - fmt.bias) - fmt.mbits),
+        ]
+        self.magnitude = bits[:-1]  # orders finite values (and inf) by size
+
+
+def _leading_zeros(m: Module, value, name: str) -> Signal:
+    """Count of zeros above the highest one of ``value`` (its width if zero)."""
+    width = len(value)
+    count = Signal(range(width + 1), name=name)
+    m.d.comb += count.eq(width)
+    for i in range(width):  # the last assignment wins: the highest set bit
+        with m.If(value[i]):
+            m.d.comb += count.eq(width - 1 - i)
+    return count
+
+
+def round_pack(m: Module, fmt: FpFormat, sign, exp, sig, name: str) -> Signal:
+    """The rounder: sig * 2**exp (sig unsigned, its lowest bit may be a sticky
+    bit) rounded to the format, nearest even; an encoded result. A zero sig
+    gives a zero of ``sign``; overflow gives an infinity of ``sign``."""
+    width = len(sig)
+    p = fmt.precision
+    assert width >= p + 2, "the rounder needs a round and a sticky position"
+    lz = _leading_zeros(m, sig, f"{name}_lz")
+    normed = Signal(width, name=f"{name}_normed")
+    m.d.comb += normed.eq(sig << lz)
+    # Exponent of the leading bit; below emin the result is subnormal and keeps fewer bits.
+    e_top = Signal(fmt.exp_shape, name=f"{name}_etop")
+    m.d.comb += e_top.eq(exp - lz + (width - 1))
+    deficit = Signal(fmt.exp_shape, name=f"{name}_deficit")
+    m.d.comb += deficit.eq(Mux(e_top < fmt.emin, fmt.emin - e_top, 0))
+    drop = Signal(range(2 * width + 2), name=f"{name}_drop")  # bits below the kept ones
+    m.d.comb += drop.eq(Mux(deficit > width + 1, 2 * width + 1, deficit + (width - p)))
+    kept = Signal(p + 1, name=f"{name}_kept")
+    round_bit = Signal(name=f"{name}_round")
+    sticky = Signal(name=f"{name}_sticky")
+    wide = Cat(Const(0, width + 2), normed)  # normed * 2**(width + 2): room to shift right
+    shifted = Signal(len(wide), name=f"{name}_shifted")
+    m.d.comb += shifted.eq(wide >> drop)
+    m.d.comb += [
+        kept.eq(shifted[width + 2 :]),
+        round_bit.eq(shifted[width + 1]),
+        sticky.eq(shifted[: width + 1] != 0),
+    ]
+    rounded = Signal(p + 1, name=f"{name}_rounded")
+    m.d.comb += rounded.eq(kept + (round_bit & (sticky | kept[0])))
+    # Encoding: (biased exponent - 1) << mbits plus the significand with its
+    # hidden bit, so that a carry out of the significand bumps the exponent
+    # and a subnormal that rounds up becomes the smallest normal.
+    e_minus_1 = Signal(fmt.exp_shape, name=f"{name}_em1")
+    m.d.comb += e_minus_1.eq(Mux(deficit > 0, 0, e_top + fmt.bias - 1))
+    packed = Signal(fmt.ebits + fmt.mbits + 5, name=f"{name}_packed")
+    m.d.comb += packed.eq((e_minus_1 << fmt.mbits) + rounded)
+    result = Signal(fmt.width, name=f"{name}_result")
+    top = (1 << fmt.ebits) - 1
+    with m.If(sig == 0):
+        m.d.comb += result.eq(Cat(Const(0, fmt.width - 1), sign))
+    with m.Elif(packed >= (top << fmt.mbits)):
+        m.d.comb += result.eq(fmt.infinity(sign))
+    with m.Else():
+        m.d.comb += result.eq(Cat(packed[: fmt.width - 1], sign))
+    return result
+
+
+def _choose(m: Module, fmt: FpFormat, pick_first, first: Unpacked, second: Unpacked, name: str):
+    """(sig, exp, sign) of ``first`` where ``pick_first``, else of ``second``."""
+    sig = Signal(fmt.precision, name=f"{name}_sig")
+    exp = Signal(fmt.exp_shape, name=f"{name}_exp")
+    sign = Signal(name=f"{name}_sign")
+    m.d.comb += [
+        sig.eq(Mux(pick_first, first.sig, second.sig)),
+        exp.eq(Mux(pick_first, first.exp, second.exp)),
+        sign.eq(Mux(pick_first, first.sign, second.sign)),
+    ]
+    return sig, exp, sign
+
+
+class _Operator(wiring.Component):
+    """a, b -> result after ``latency`` cycles (0: combinational), valid alongside."""
+
+    def __init__(self, fmt, latency: int = 0):
+        try:
+            self.fmt = FpFormat.of(fmt)
+            if not isinstance(latency, int) or isinstance(latency, bool) or latency < 0:
+                raise ValueError(f"latency must be an integer >= 0, got {latency!r}")
+        except ValueError:
+            self._MustUse__silence = True  # a rejected design is not an unused one
+            raise
+        self.latency = latency
+        w = self.fmt.width
+        super().__init__(
+            {"a": In(w), "b": In(w), "valid_in": In(1), "result": Out(w), "valid_out": Out(1)}
+        )
+
+    def core(self, m: Module):  # the combinational result
+        raise NotImplementedError
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        value, valid = self.core(m), self.valid_in
+        for stage in range(self.latency):  # output registers, retimed by synthesis
+            reg, reg_valid = Signal(len(value), name=f"stage{stage}"), Signal(name=f"v{stage}")
+            m.d.sync += [reg.eq(value), reg_valid.eq(valid)]
+            value, valid = reg, reg_valid
+        m.d.comb += [self.result.eq(value), self.valid_out.eq(valid)]
+        return m
+
+
+class FpMul(_Operator):
+    """a * b, rounded once."""
+
+    def core(self, m: Module):
+        fmt = self.fmt
+        a, b = Unpacked(m, fmt, self.a, "a"), Unpacked(m, fmt, self.b, "b")
+        sign = a.sign ^ b.sign
+        product = Signal(2 * fmt.precision, name="product")
+        exp = Signal(fmt.exp_shape, name="pexp")
+        m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp)]
+        rounded = round_pack(m, fmt, sign, exp, product, "r")
+        result = Signal(fmt.width, name="mul")
+        with m.If(a.is_nan | b.is_nan | (a.is_inf & b.is_zero) | (a.is_zero & b.is_inf)):
+            m.d.comb += result.eq(fmt.quiet_nan())
+        with m.Elif(a.is_inf | b.is_inf):
+            m.d.comb += result.eq(fmt.infinity(sign))
+        with m.Else():
+            m.d.comb += result.eq(rounded)
+        return result
+
+
+class FpAdd(_Operator):
+    """a + b, rounded once (a - b is a + (-b): flip b's sign bit)."""
+
+    def core(self, m: Module):
+        fmt = self.fmt
+        p = fmt.precision
+        x, y = Unpacked(m, fmt, self.a, "a"), Unpacked(m, fmt, self.b, "b")
+        # Order by magnitude: big >= small, so the difference is never negative.
+        swap = Signal(name="swap")
+        m.d.comb += swap.eq(y.magnitude > x.magnitude)
+        big_sig, big_exp, big_sign = _choose(m, fmt, swap, y, x, "big")
+        small_sig, small_exp, small_sign = _choose(m, fmt, swap, x, y, "small")
+        # Three bits below the significands (guard, round, sticky); the small
+        # operand's bits shifted past them are ORed into the sticky bit.
+        extra = 3
+        width = p + extra + 1  # and a carry
+        dist = Signal(fmt.exp_shape, name="dist")
+        m.d.comb += dist.eq(big_exp - small_exp)
+        limit = p + extra + 1
+        shift = Signal(range(limit + 1), name="align")
+        m.d.comb += shift.eq(Mux(dist > limit, limit, dist))
+        small_wide = Signal(p + extra, name="small_wide")
+        m.d.comb += small_wide.eq(small_sig << extra)
+        aligned = Signal(p + extra, name="aligned")
+        lost = Signal(name="lost")
+        m.d.comb += [
+            aligned.eq(small_wide >> shift),
+            lost.eq((small_wide & ((Const(1, p + extra + 1) << shift) - 1)) != 0),
+        ]
+        small_ext = Signal(p + extra, name="small_ext")
+        m.d.comb += small_ext.eq(aligned | lost)
+        big_ext = Signal(p + extra, name="big_ext")
+        m.d.comb += big_ext.eq(big_sig << extra)
+        total = Signal(width, name="sum")
+        with m.If(big_sign == small_sign):
+            m.d.comb += total.eq(big_ext + small_ext)
+        with m.Else():
+            m.d.comb += total.eq(big_ext - small_ext)
+        # An exact zero is +0 unless both operands are -0 (round to nearest).
+        zero_sign = big_sign & small_sign
+        sign = Signal(name="sum_sign")
+        m.d.comb += sign.eq(Mux(total == 0, zero_sign, big_sign))
+        rounded = round_pack(m, fmt, sign, big_exp - extra, total, "r")
+        result = Signal(fmt.width, name="add")
+        opposite_infs = x.is_inf & y.is_inf & (x.sign != y.sign)
+        with m.If(x.is_nan | y.is_nan | opposite_infs):
+            m.d.comb += result.eq(fmt.quiet_nan())
+        with m.Elif(x.is_inf):
+            m.d.comb += result.eq(fmt.infinity(x.sign))
+        with m.Elif(y.is_inf):
+            m.d.comb += result.eq(fmt.infinity(y.sign))
+        with m.Else():
+            m.d.comb += result.eq(rounded)
+        return result
