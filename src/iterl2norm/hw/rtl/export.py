@@ -1,0 +1,226 @@
+"""Verilog, a self-checking testbench and test vectors for one operator.
+
+:func:`write_op` writes into a directory:
+
+- ``iterl2norm_op.v``: the operator (top module ``iterl2norm_op``);
+- ``tb.v``: a plain-Verilog testbench (module ``tb``) that reads
+  ``inputs.hex`` (two operands a line) and ``expected.hex`` (one result a
+  line) to their end, or the files ``+inputs=FILE +expected=FILE`` name,
+  prints one line per failure, the latency as ``cycles=C`` and a last line
+  ``N passed, M failed``;
+- ``inputs.hex``, ``expected.hex``: lowercase hex bit patterns in the
+  format's width, the expected results from the library's rounding;
+- ``README.md``: how to run it.
+
+Anyone with Icarus Verilog runs it as ``iverilog -g2012 -o sim DIR/*.v && vvp sim``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...formats import decode, encode, round_to_format
+from .fp import FpAdd, FpFormat, FpMul
+
+__all__ = ["OPS", "operator", "test_vectors", "verilog", "write_op"]
+
+OPS = {"mul": FpMul, "add": FpAdd}
+TOP = "iterl2norm_op"
+
+
+def operator(op: str, fmt: str, latency: int):
+    if op not in OPS:
+        raise ValueError(f"unknown operator {op!r}; choose one of {', '.join(OPS)}")
+    return OPS[op](fmt, latency=latency)
+
+
+def verilog(component, name: str = TOP) -> str:
+    """The component as Verilog (Amaranth's back-end, through Yosys)."""
+    from amaranth.back import verilog as back
+
+    return back.convert(component, name=name, emit_src=False)
+
+
+def test_vectors(op: str, fmt: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Operand pairs (random bit patterns and pairs with close exponents) and
+    the library's result for each: the exact result rounded once."""
+    f = FpFormat.of(fmt)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    half = count // 2
+    a = rng.integers(0, 1 << f.width, count)
+    b = rng.integers(0, 1 << f.width, count)
+    # Close exponents for the second half: alignment, sticky bits, cancellation.
+    exp_field = (a[half:] >> f.mbits) & ((1 << f.ebits) - 1)
+    near = np.clip(
+        exp_field + rng.integers(-f.precision - 4, f.precision + 5, count - half),
+        0,
+        (1 << f.ebits) - 2,
+    )
+    b[half:] = (b[half:] & ~(((1 << f.ebits) - 1) << f.mbits)) | (near << f.mbits)
+    va, vb = decode(torch.from_numpy(a), fmt), decode(torch.from_numpy(b), fmt)
+    exact = va * vb if op == "mul" else va + vb
+    result = encode(round_to_format(exact, fmt), fmt).numpy()
+    return np.stack([a, b], axis=1), result
+
+
+def _hex(values, width: int) -> str:
+    digits = (width + 3) // 4
+    return "".join(f"{int(v):0{digits}x}\n" for v in values)
+
+
+def testbench(fmt: FpFormat, latency: int) -> str:
+    """A self-checking testbench: each vector on its own, so that the cycles
+    from valid_in to valid_out are the operator's latency."""
+    w, e, m = fmt.width, fmt.ebits, fmt.mbits
+    clocked = latency > 0
+    ports = ".a(a), .b(b), .valid_in(valid_in), .result(result), .valid_out(valid_out)"
+    if clocked:
+        ports = ".clk(clk), .rst(rst), " + ports
+    return f"""// Self-checking testbench for {TOP} ({fmt.name}, latency {latency}).
+// Reads +inputs=FILE (default inputs.hex: "a b" a line) and +expected=FILE
+// (default expected.hex), prints one line per failure, cycles=C, and
+// "N passed, M failed". A NaN result passes for any NaN expected.
+`timescale 1ns/1ps
+module tb;
+  // No initial values on the inputs: their first assignment must be an event,
+  // so that every combinational block of the design evaluates (Icarus does
+  // not run "always @*" at time zero).
+  reg clk = 0, rst, valid_in;
+  reg [{w - 1}:0] a, b, want;
+  wire [{w - 1}:0] result;
+  wire valid_out;
+  {TOP} dut({ports});
+  integer fin, fexp, n, passed, failed, cycles, got_lines;
+  reg [1023:0] inputs_file, expected_file;
+
+  function is_nan(input [{w - 1}:0] v);
+    is_nan = (v[{w - 2}:{m}] == {{{e}{{1'b1}}}}) && (v[{m - 1}:0] != 0);
+  endfunction
+
+  task tick;
+    begin
+      #5 clk = 1;
+      #5 clk = 0;
+    end
+  endtask
+
+  initial begin
+    if (!$value$plusargs("inputs=%s", inputs_file)) inputs_file = "inputs.hex";
+    if (!$value$plusargs("expected=%s", expected_file)) expected_file = "expected.hex";
+    fin = $fopen(inputs_file, "r");
+    fexp = $fopen(expected_file, "r");
+    if (fin == 0 || fexp == 0) begin
+      $display("cannot open %0s or %0s", inputs_file, expected_file);
+      $finish;
+    end
+    passed = 0; failed = 0; n = 0; cycles = -1;
+    rst = 1; valid_in = 0;
+    {"tick; rst = 0;" if clocked else "#1 rst = 0;"}
+    while (!$feof(fin)) begin
+      got_lines = $fscanf(fin, "%h %h\\n", a, b);
+      if (got_lines == 2) begin
+        if ($fscanf(fexp, "%h\\n", want) != 1) begin
+          $display("expected file ends before vector %0d", n);
+          $finish;
+        end
+        valid_in = 1;
+        cycles = 0;
+        {_wait_for_result(clocked)}
+        if (result === want || (is_nan(want) && is_nan(result))) passed = passed + 1;
+        else begin
+          failed = failed + 1;
+          $display("FAIL vector %0d: a=%h b=%h result=%h expected=%h", n, a, b, result, want);
+        end
+        n = n + 1;
+      end
+    end
+    $display("cycles=%0d", cycles);
+    $display("%0d passed, %0d failed", passed, failed);
+    $finish;
+  end
+endmodule
+"""
+
+
+def _wait_for_result(clocked: bool) -> str:
+    if not clocked:
+        return "#1;"
+    return (
+        "tick;\n        valid_in = 0;\n        cycles = 1;\n"
+        "        while (!valid_out) begin tick; cycles = cycles + 1; end"
+    )
+
+
+def write_op(
+    out: str | Path,
+    op: str,
+    fmt: str,
+    latency: int,
+    count: int = 10000,
+    seed: int = 0,
+    synthesis: bool = True,
+) -> tuple[list[Path], dict | None]:
+    """Write the operator's Verilog, testbench, vectors and README into ``out``,
+    and with ``synthesis`` its gate count (synthesis.json, synthesis.log)."""
+    component = operator(op, fmt, latency)
+    f = component.fmt
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    if count < 1:
+        raise ValueError(f"the number of test vectors must be positive, got {count!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, expected = test_vectors(op, fmt, count, seed)
+    digits = (f.width + 3) // 4
+    files = {
+        f"{TOP}.v": verilog(component),
+        "tb.v": testbench(f, latency),
+        "inputs.hex": "".join(f"{int(x):0{digits}x} {int(y):0{digits}x}\n" for x, y in pairs),
+        "expected.hex": _hex(expected, f.width),
+        "README.md": _readme(op, f, latency, count),
+    }
+    written = []
+    for name, text in files.items():
+        (out / name).write_text(text)
+        written.append(out / name)
+    report = None
+    if synthesis:
+        from .synth import synthesize
+
+        report = {"op": op, "fmt": f.name, "latency": latency, **synthesize(out / f"{TOP}.v", TOP)}
+        (out / "synthesis.json").write_text(json.dumps(report, indent=2) + "\n")
+        written += [out / "synthesis.json", out / "synthesis.log"]
+    return written, report
+
+
+def _readme(op: str, fmt: FpFormat, latency: int, count: int) -> str:
+    symbol = "*" if op == "mul" else "+"
+    return f"""# {TOP}: {fmt.name} a {symbol} b, latency {latency}
+
+Generated by `iterl2norm rtl op --op {op} --fmt {fmt.name} --latency {latency}`.
+The result is the exact a {symbol} b rounded once to {fmt.name} (nearest, ties
+to even; subnormals kept; overflow to infinity), bit for bit the iterl2norm
+library's; a NaN result is the quiet NaN 0x{fmt.quiet_nan():x}.
+
+Ports: `a`, `b` ({fmt.width} bits), `valid_in` in; `result` ({fmt.width} bits),
+`valid_out` out, {latency} clock cycles later{"" if latency else " (combinational)"}.
+{"`clk` and `rst` (synchronous, active high) drive the pipeline registers." if latency else ""}
+
+Run the testbench ({count} vectors: random bit patterns and pairs with close
+exponents, expected results from the library):
+
+    iverilog -g2012 -o sim *.v && vvp sim
+
+It prints one line per failure, `cycles={latency}` and `N passed, M failed`;
+`vvp sim +inputs=FILE +expected=FILE` runs other vectors (`a b` a line, one
+result a line, lowercase hex).
+
+`synthesis.json` (unless `--no-synthesis`): the operator mapped to generic
+CMOS gates by Yosys (`synth -flatten; dfflegalize -cell $_DFF_P_ 01;
+abc -g cmos; stat -tech cmos`): transistors, NAND2 equivalents (transistors
+/ 4), flip-flops, latches and the cell histogram; `synthesis.log` is Yosys's log.
+"""
