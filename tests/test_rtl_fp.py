@@ -22,8 +22,9 @@ gmpy2 = pytest.importorskip("gmpy2", reason="the MPFR check needs gmpy2: pip ins
 
 from amaranth.sim import Simulator  # noqa: E402
 
-from iterl2norm.formats import FORMATS, decode, encode, round_to_format  # noqa: E402
+from iterl2norm.formats import FORMATS, decode, encode  # noqa: E402
 from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpMul  # noqa: E402
+from iterl2norm.hw.rtl.export import close_exponent_pairs, library_result, mixed_pairs  # noqa: E402
 
 OPS = {"mul": FpMul, "add": FpAdd}
 
@@ -56,19 +57,6 @@ def special_values(fmt: str) -> list[int]:
     return magnitudes + [v | sign for v in magnitudes]
 
 
-def near_pairs(fmt: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Finite pairs whose exponents differ by at most precision + 4."""
-    f = FORMATS[fmt]
-    m, top = f.mantissa_bits, (1 << f.exponent_bits) - 1
-    exp_a = rng.integers(0, top, n)
-    exp_b = np.clip(exp_a + rng.integers(-(m + 5), m + 6, n), 0, top - 1)
-    frac_a, frac_b = rng.integers(0, 1 << m, n), rng.integers(0, 1 << m, n)
-    sign_a, sign_b = rng.integers(0, 2, n), rng.integers(0, 2, n)
-    a = (sign_a << (f.bits - 1)) | (exp_a << m) | frac_a
-    b = (sign_b << (f.bits - 1)) | (exp_b << m) | frac_b
-    return a, b
-
-
 def simulate(op: str, fmt: str, a: np.ndarray, b: np.ndarray, latency: int = 0) -> np.ndarray:
     dut = OPS[op](fmt, latency=latency)
     out = []
@@ -83,13 +71,6 @@ def simulate(op: str, fmt: str, a: np.ndarray, b: np.ndarray, latency: int = 0) 
     sim.add_testbench(bench)
     sim.run()
     return np.array(out, dtype=np.int64)
-
-
-def library_result(op: str, fmt: str, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
-    """Values: the exact result (float64 holds every product of two operands of
-    these formats; a float64 sum rounded to them rounds once) rounded once."""
-    va, vb = decode(torch.from_numpy(a), fmt), decode(torch.from_numpy(b), fmt)
-    return round_to_format(va * vb if op == "mul" else va + vb, fmt)
 
 
 def mpfr_result(op: str, fmt: str, a: np.ndarray, b: np.ndarray) -> list[float]:
@@ -137,11 +118,7 @@ def test_every_operand_class_against_every_other(op, fmt):
 @pytest.mark.parametrize("op", OPS)
 def test_random_and_close_exponent_pairs(op, fmt):
     rng = np.random.Generator(np.random.PCG64(7))
-    bits = FORMATS[fmt].bits
-    a = rng.integers(0, 1 << bits, 2000)
-    b = rng.integers(0, 1 << bits, 2000)
-    near_a, near_b = near_pairs(fmt, 3000, rng)
-    a, b = np.concatenate([a, near_a]), np.concatenate([b, near_b])
+    a, b = mixed_pairs(fmt, 2000, 3000, rng)
     assert_bits_equal(op, fmt, a, b, simulate(op, fmt, a, b))
 
 
@@ -152,7 +129,7 @@ def test_the_reference_is_mpfr(op, fmt):
     # independent implementation: MPFR at the format's precision and range.
     rng = np.random.Generator(np.random.PCG64(8))
     special = np.array(special_values(fmt), dtype=np.int64)
-    a, b = near_pairs(fmt, 3000, rng)
+    a, b = close_exponent_pairs(fmt, 3000, rng)
     a = np.concatenate([a, np.repeat(special, len(special))])
     b = np.concatenate([b, np.tile(special, len(special))])
     ours = library_result(op, fmt, a, b).tolist()
@@ -165,7 +142,7 @@ def test_the_reference_is_mpfr(op, fmt):
 def test_results_arrive_after_the_latency_one_per_cycle(latency):
     fmt = "bf16"
     rng = np.random.Generator(np.random.PCG64(9))
-    a, b = near_pairs(fmt, 20, rng)
+    a, b = close_exponent_pairs(fmt, 20, rng)
     dut = FpMul(fmt, latency=latency)
     seen = []
 
@@ -223,9 +200,5 @@ def test_a_million_pairs_through_the_compiled_simulation(compiled, op, fmt):
     from iterl2norm.hw.rtl.cxxrtl import evaluate
 
     rng = np.random.Generator(np.random.PCG64(10))
-    bits = FORMATS[fmt].bits
-    random_a = rng.integers(0, 1 << bits, 500_000)
-    random_b = rng.integers(0, 1 << bits, 500_000)
-    near_a, near_b = near_pairs(fmt, 500_000, rng)
-    a, b = np.concatenate([random_a, near_a]), np.concatenate([random_b, near_b])
+    a, b = mixed_pairs(fmt, 500_000, 500_000, rng)
     assert_bits_equal(op, fmt, a, b, evaluate(compiled[op, fmt], a, b))

@@ -75,11 +75,10 @@ class Arithmetic:
         Memoized: every call of a norm resolves its policy (errors are not cached).
         """
         try:
-            return _resolve(cls, dtype, fmt, acc_fmt)
-        except TypeError as exc:  # an unhashable argument: resolve it afresh
-            if "unhashable" not in str(exc):
-                raise
+            hash((fmt, acc_fmt))
+        except TypeError:  # an unhashable argument (its error comes from _resolve)
             return cls._resolve(dtype, fmt, acc_fmt)
+        return _resolve(cls, dtype, fmt, acc_fmt)
 
     @classmethod
     def _resolve(cls, dtype: torch.dtype, fmt, acc_fmt) -> Arithmetic:

@@ -173,17 +173,21 @@ def iteration(
     return euler_steps(qn, initial_estimate(qn, ar, init), ar, rates)
 
 
+def newton_constants(steps: int, ks: Sequence[float] = ()) -> tuple[float, ...]:
+    """k of each of ``steps`` product-form steps: ``ks`` first, then Newton's 1.5."""
+    return (*ks, *(1.5,) * max(steps - len(ks), 0))[:steps]
+
+
 def fisr(qn: torch.Tensor, ar: Arithmetic, *, steps: int, magic: int | None) -> torch.Tensor:
     """Fast inverse square root: magic-constant start, then ``steps`` Newton steps."""
     magic = fisr_magic(ar.fmt) if magic is None else magic
-    return newton_steps(qn, magic_estimate(qn, ar.fmt, magic), ar, (1.5,) * steps)
+    return newton_steps(qn, magic_estimate(qn, ar.fmt, magic), ar, newton_constants(steps))
 
 
 def invsqrt2(qn: torch.Tensor, ar: Arithmetic, *, steps: int) -> torch.Tensor:
     """Walczyk et al. InvSqrt2: modified Newton constants k1, k2, then Newton."""
     r0 = magic_estimate(qn, ar.fmt, fisr_magic(ar.fmt, INVSQRT2_MAGIC_FP32))
-    ks = (*INVSQRT2_KS, *(1.5,) * max(steps - 2, 0))[:steps]
-    return newton_steps(qn, r0, ar, ks)
+    return newton_steps(qn, r0, ar, newton_constants(steps, INVSQRT2_KS))
 
 
 def sqrt23(qn: torch.Tensor, ar: Arithmetic, *, steps: int) -> torch.Tensor:

@@ -161,7 +161,7 @@ def schedule_iteration(schedule: Schedule | str, steps: int) -> Iteration:
 def fisr_iteration(steps: int, magic: int | None = None, ks: Sequence[float] = ()) -> Iteration:
     """The FISR family: the magic start, then Newton's product-form step with
     k from ``ks`` first (InvSqrt2's modified constants), 1.5 after."""
-    ks = (*ks, *(1.5,) * max(steps - len(ks), 0))[:steps]
+    ks = rsqrt.newton_constants(steps, ks)
     return Iteration("magic", tuple(Step("newton", k) for k in ks), magic=magic)
 
 

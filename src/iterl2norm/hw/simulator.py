@@ -311,12 +311,11 @@ def _steps(m: Machine, qn: Value, a: Value, marks: dict) -> Value:
 
     half = None  # h = qn/2 of the Newton form, once
     for n, step in enumerate(cfg.iteration.steps):  # in rsqrt.apply_steps's order
-        c1 = m.const(ar.const(step.c1))
         if step.form == "newton":
             half = times(0.5, qn) if half is None else half
             t = m.op("scalar.mul", "mul", mul, half, a)
             t = m.op("scalar.mul", "mul", mul, t, a)
-            t = m.op("scalar.add", "add", sub, c1, t)
+            t = m.op("scalar.add", "add", sub, m.const(ar.const(step.c1)), t)
             a = m.op("scalar.mul", "mul", mul, a, t)
         else:
             t = m.op("scalar.mul", "mul", mul, a, a)
@@ -325,7 +324,8 @@ def _steps(m: Machine, qn: Value, a: Value, marks: dict) -> Value:
                 e = m.op("scalar.add", "add", sub, m.const(1.0), u)
                 h = m.op("scalar.mul", "mul", mul, a, times(step.c1, e))
             else:
-                e = m.op("scalar.add", "add", sub, c1, times(step.c2, u))
+                gamma = m.const(ar.const(step.c1))
+                e = m.op("scalar.add", "add", sub, gamma, times(step.c2, u))
                 h = m.op("scalar.mul", "mul", mul, a, e)
             a = m.op("scalar.add", "add", add, a, h)
         marks[f"step {n + 1}"] = a.ready

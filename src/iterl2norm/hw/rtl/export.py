@@ -26,7 +26,16 @@ import torch
 from ...formats import decode, encode, round_to_format
 from .fp import FpAdd, FpFormat, FpMul
 
-__all__ = ["OPS", "operator", "test_vectors", "verilog", "write_op"]
+__all__ = [
+    "OPS",
+    "close_exponent_pairs",
+    "library_result",
+    "mixed_pairs",
+    "operator",
+    "test_vectors",
+    "verilog",
+    "write_op",
+]
 
 OPS = {"mul": FpMul, "add": FpAdd}
 TOP = "iterl2norm_op"
@@ -45,26 +54,43 @@ def verilog(component, name: str = TOP) -> str:
     return back.convert(component, name=name, emit_src=False)
 
 
-def test_vectors(op: str, fmt: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Operand pairs (random bit patterns and pairs with close exponents) and
-    the library's result for each: the exact result rounded once."""
+def close_exponent_pairs(fmt: str, n: int, rng: np.random.Generator):
+    """``n`` finite operand pairs whose exponents differ by at most the precision
+    plus four: alignment, sticky bits and cancellation."""
     f = FpFormat.of(fmt)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    half = count // 2
-    a = rng.integers(0, 1 << f.width, count)
-    b = rng.integers(0, 1 << f.width, count)
-    # Close exponents for the second half: alignment, sticky bits, cancellation.
-    exp_field = (a[half:] >> f.mbits) & ((1 << f.ebits) - 1)
-    near = np.clip(
-        exp_field + rng.integers(-f.precision - 4, f.precision + 5, count - half),
-        0,
-        (1 << f.ebits) - 2,
-    )
-    b[half:] = (b[half:] & ~(((1 << f.ebits) - 1) << f.mbits)) | (near << f.mbits)
+    top = (1 << f.ebits) - 1
+    exp_a = rng.integers(0, top, n)
+    exp_b = np.clip(exp_a + rng.integers(-(f.mbits + 5), f.mbits + 6, n), 0, top - 1)
+    frac_a, frac_b = rng.integers(0, 1 << f.mbits, n), rng.integers(0, 1 << f.mbits, n)
+    sign_a, sign_b = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    a = (sign_a << (f.width - 1)) | (exp_a << f.mbits) | frac_a
+    b = (sign_b << (f.width - 1)) | (exp_b << f.mbits) | frac_b
+    return a, b
+
+
+def mixed_pairs(fmt: str, random: int, close: int, rng: np.random.Generator):
+    """``random`` pairs of random bit patterns (every class), then ``close``
+    pairs from :func:`close_exponent_pairs`."""
+    width = FpFormat.of(fmt).width
+    a, b = rng.integers(0, 1 << width, random), rng.integers(0, 1 << width, random)
+    near_a, near_b = close_exponent_pairs(fmt, close, rng)
+    return np.concatenate([a, near_a]), np.concatenate([b, near_b])
+
+
+def library_result(op: str, fmt: str, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+    """The library's values for a op b: the exact result rounded once (float64
+    holds every product of two operands of these formats, and a float64 sum
+    rounded to them rounds once)."""
     va, vb = decode(torch.from_numpy(a), fmt), decode(torch.from_numpy(b), fmt)
-    exact = va * vb if op == "mul" else va + vb
-    result = encode(round_to_format(exact, fmt), fmt).numpy()
-    return np.stack([a, b], axis=1), result
+    return round_to_format(va * vb if op == "mul" else va + vb, fmt)
+
+
+def test_vectors(op: str, fmt: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Operand pairs (half random bit patterns, half with close exponents) and
+    the bits of the library's result for each."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    a, b = mixed_pairs(fmt, count // 2, count - count // 2, rng)
+    return np.stack([a, b], axis=1), encode(library_result(op, fmt, a, b), fmt).numpy()
 
 
 def _hex(values, width: int) -> str:

