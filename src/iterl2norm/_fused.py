@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from ._arith import Arithmetic
 from ._validation import IterSettings
 from .formats import FORMATS
-from .rsqrt import _smallest_at_least_sqrt2
+from .rsqrt import smallest_at_least_sqrt2
 
 try:
     from . import _kernels
@@ -134,7 +134,7 @@ def _build_kernel_iteration(iteration, ar: Arithmetic):
     table: list[float] = []
     if iteration.start == "exponent+mantissa":  # the comparison and the two outcomes
         params = [
-            _smallest_at_least_sqrt2(ar.fmt),
+            smallest_at_least_sqrt2(ar.fmt),
             ar.const(math.sqrt(0.5)),
             ar.const(math.sqrt(2)),
         ]

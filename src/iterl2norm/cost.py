@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .methods import method_name
-from .schedules import Iteration, Step, euler_iteration, fisr_iteration, schedule_iteration
+from .rsqrt import Op, iteration_ops
+from .schedules import Iteration, euler_iteration, fisr_iteration, schedule_iteration
 
 __all__ = ["Cost", "estimate_cost", "iteration_cost"]
 
@@ -70,23 +71,23 @@ def _times(c: float) -> Cost:
     return Cost(pow2_scalings=1) if _is_pow2(c) else Cost(multiplies=1)
 
 
-def _step_cost(step: Step) -> Cost:
-    if step.form == "newton":  # h*a, *a, a*t; k - t (h = qn/2 is counted once)
-        return Cost(multiplies=3, adds=1)
-    # a*a, *qn, a*e; 1 - u or gamma - v, a + h; lambda*e or beta*u
-    return Cost(multiplies=3, adds=2) + _times(step.c1 if step.form == "euler" else step.c2)
+def _op_cost(op: Op) -> Cost:
+    if op.kind != "mul":
+        return Cost(adds=1)
+    constant = next((v for v in (op.a, op.b) if not isinstance(v, str)), None)
+    return Cost(multiplies=1) if constant is None else _times(constant)
 
 
 def iteration_cost(iteration: Iteration) -> Cost:
-    """The start and the steps of a scalar iteration (iterl2norm.schedules.Iteration)."""
+    """The start and the steps of a scalar iteration (iterl2norm.schedules.Iteration),
+    each operation of rsqrt.step_ops counted."""
     if iteration.start == "table":  # c0 - c1 * qn
         table = sum(len(row) * 2 for row in iteration.table)
         start = Cost(multiplies=1, adds=1, table_entries=table)
     else:
         start = _INIT_COST[iteration.start]
-    if any(step.form == "newton" for step in iteration.steps):
-        start = start + Cost(pow2_scalings=1)  # h = qn/2
-    return start + sum((_step_cost(step) for step in iteration.steps), Cost())
+    ops = [op for step in iteration_ops(iteration.steps) for op in step]
+    return start + sum((_op_cost(op) for op in ops), Cost())
 
 
 def _vector_step(rate: float, d: int) -> Cost:

@@ -48,7 +48,7 @@ def initial_estimate(qn: torch.Tensor, ar: Arithmetic, init: str) -> torch.Tenso
     if init == "exponent+mantissa":
         odd = qn < 1  # qn in [1/2, 1) iff the exponent of q is odd
         mantissa = torch.where(odd, 2 * qn, qn)  # in [1, 2): the stored significand
-        high = mantissa >= _smallest_at_least_sqrt2(ar.fmt)
+        high = mantissa >= smallest_at_least_sqrt2(ar.fmt)
         one = torch.ones_like(qn)
         down, up = one * ar.const(math.sqrt(0.5)), one * ar.const(math.sqrt(2))
         return torch.where(odd, torch.where(high, one, up), torch.where(high, down, one))
@@ -83,7 +83,7 @@ def table_lookup(qn: torch.Tensor, ar: Arithmetic, table) -> tuple[torch.Tensor,
     return c[..., 0], c[..., 1]
 
 
-def _smallest_at_least_sqrt2(fmt: Format) -> float:
+def smallest_at_least_sqrt2(fmt: Format) -> float:
     # The comparison must be exact: compare with the first format value >= sqrt(2).
     # float(sqrt(2)) lies above sqrt(2), so any narrower value below it is below sqrt(2).
     t = round_scalar(math.sqrt(2), fmt)
@@ -111,9 +111,9 @@ class Step:
     - ``"newton"``: a <- a * (k - h a a) with h = qn/2, c1 = k: the FISR
       family's product form (k = 1.5 is Newton's method).
 
-    with u = (a a) qn. :func:`apply_steps` defines the operation order; every
-    other consumer (the compiled kernels, the hardware model, the cost model)
-    reads the form and constants from here.
+    with u = (a a) qn. :func:`step_ops` defines the operation order; the
+    emulation (:func:`apply_steps`), the hardware model, the cost model and
+    the RTL read it, and the compiled kernels read the form and constants.
     """
 
     form: str
@@ -127,27 +127,70 @@ class Step:
             )
 
 
+@dataclass(frozen=True)
+class Op:
+    """One rounded operation of the iteration: ``out = a (kind) b``, rounded
+    to the datapath. Operands are value names (``"qn"``, ``"a"`` and the
+    step's temporaries) or constants as designed (rounded where used)."""
+
+    kind: str  # "mul", "add" or "sub"
+    out: str
+    a: str | float
+    b: str | float
+
+
+def step_ops(step: Step, halved: bool = False) -> tuple[Op, ...]:
+    """The operations of one step, in order: the definition every consumer
+    reads (the torch emulation here, the hardware model, the cost model and
+    the RTL). Per form:
+
+    - euler: t = a*a, u = t*qn, e = 1-u, g = lambda*e, h = a*g, a = a+h;
+    - correction: t = a*a, u = t*qn, v = beta*u, e = gamma-v, h = a*e, a = a+h;
+    - newton (the classic code's order): half = 0.5*qn (once: unless
+      ``halved``, an earlier step made it), t = half*a, t = t*a, t = k-t, a = a*t.
+    """
+    if step.form == "newton":
+        half = () if halved else (Op("mul", "half", 0.5, "qn"),)
+        return (
+            *half,
+            Op("mul", "t", "half", "a"),
+            Op("mul", "t", "t", "a"),
+            Op("sub", "t", step.c1, "t"),
+            Op("mul", "a", "a", "t"),
+        )
+    square = (Op("mul", "t", "a", "a"), Op("mul", "u", "t", "qn"))
+    if step.form == "euler":
+        error = (Op("sub", "e", 1.0, "u"), Op("mul", "g", step.c1, "e"), Op("mul", "h", "a", "g"))
+    else:
+        error = (
+            Op("mul", "v", step.c2, "u"),
+            Op("sub", "e", step.c1, "v"),
+            Op("mul", "h", "a", "e"),
+        )
+    return (*square, *error, Op("add", "a", "a", "h"))
+
+
+def iteration_ops(steps: Sequence[Step]) -> list[tuple[Op, ...]]:
+    """:func:`step_ops` of each step in turn (Newton's half made once)."""
+    out, halved = [], False
+    for step in steps:
+        out.append(step_ops(step, halved))
+        halved = halved or step.form == "newton"
+    return out
+
+
 def apply_steps(
     qn: torch.Tensor, a: torch.Tensor, ar: Arithmetic, steps: Sequence[Step]
 ) -> torch.Tensor:
-    """a after each of ``steps`` in turn. Per step, euler: t = a*a, u = t*qn,
-    e = 1-u, g = lambda*e, h = a*g, a = a+h; correction: t, u as before,
-    v = beta*u, e = gamma-v, h = a*e, a = a+h; newton (the classic code's
-    order): h = 0.5*qn once, then t = h*a, t = t*a, t = k-t, a = a*t."""
-    half = None
-    for step in steps:
-        if step.form == "newton":
-            half = ar.rnd(0.5 * qn) if half is None else half
-            t = ar.rnd(ar.rnd(half * a) * a)
-            a = ar.rnd(a * ar.rnd(ar.const(step.c1) - t))
-            continue
-        u = ar.rnd(ar.rnd(a * a) * qn)
-        if step.form == "euler":
-            e = ar.rnd(ar.const(step.c1) * ar.rnd(1.0 - u))
-        else:
-            e = ar.rnd(ar.const(step.c1) - ar.rnd(ar.const(step.c2) * u))
-        a = ar.rnd(a + ar.rnd(a * e))
-    return a
+    """a after each of ``steps`` in turn, operation by operation as
+    :func:`step_ops` defines them."""
+    values = {"qn": qn, "a": a}
+    for ops in iteration_ops(steps):
+        for op in ops:
+            x, y = (values[v] if isinstance(v, str) else ar.const(v) for v in (op.a, op.b))
+            exact = x * y if op.kind == "mul" else x + y if op.kind == "add" else x - y
+            values[op.out] = ar.rnd(exact)
+    return values["a"]
 
 
 def euler_steps(

@@ -170,8 +170,8 @@ class Machine:
         return level[0]
 
 
-def _start(m: Machine, qn: Value) -> Value:
-    ar, iteration = m.ar, m.cfg.iteration
+def _start(m: Machine, qn: Value, iteration=None) -> Value:
+    ar, iteration = m.ar, iteration or m.cfg.iteration
     if iteration.start == "table":  # read (c0, c1) from ROM, then c0 - c1 qn
         c0, c1 = rsqrt.table_lookup(qn.data, ar, iteration.table)
         coeff = m.op("exp", "lut", lambda _: c1, qn)
@@ -181,6 +181,25 @@ def _start(m: Machine, qn: Value) -> Value:
         return m.free(torch.ones_like(qn.data), qn.ready)  # a_0 = 1: the split did the work
     kind = "cmp" if iteration.start == "exponent+mantissa" else "int"
     return m.op("exp", kind, lambda q: start_estimate(q, ar, iteration), qn)
+
+
+def rsqrt_stages(
+    iteration, fmt: str, mul_latency: int = 3, add_latency: int = 3, exp_latency: int = 1
+) -> dict[str, int]:
+    """The scalar unit alone: cycles of the exponent split, the start and each
+    step for a q ready on cycle 0, as :func:`simulate` counts them; they add
+    up to the unit's latency (the RTL's ``iterl2norm_rsqrt`` takes exactly that)."""
+    cfg = UnitConfig(
+        fmt=fmt, mul_latency=mul_latency, add_latency=add_latency, exp_latency=exp_latency
+    )
+    m = Machine(cfg, 1)
+    q = Value(torch.ones(1, dtype=m.ar.carrier), 0)
+    qn = m.op("exp", "exp", lambda x: x, q)
+    marks = {"exponent split": qn.ready}
+    a = _start(m, qn, iteration)
+    marks["start"] = a.ready
+    _steps(m, qn, a, marks, iteration)
+    return _stages(marks)
 
 
 def _statistics(m: Machine, v: torch.Tensor, marks: dict):
@@ -296,40 +315,36 @@ def simulate(
     )
 
 
-def _steps(m: Machine, qn: Value, a: Value, marks: dict) -> Value:
-    """The configured iteration on the scalar unit, one operation at a time."""
-    cfg, ar = m.cfg, m.ar
-    mul = lambda x, y: ar.rnd(x * y)  # noqa: E731
-    sub = lambda x, y: ar.rnd(x - y)  # noqa: E731
-    add = lambda x, y: ar.rnd(x + y)  # noqa: E731
+def _steps(m: Machine, qn: Value, a: Value, marks: dict, iteration=None) -> Value:
+    """The iteration's steps on the scalar unit, operation by operation as
+    rsqrt.step_ops defines them: products with a power of two on the
+    exponent unit (a shift), other products on the multiplier, sums on the adder."""
+    ar = m.ar
+    values = {"qn": qn, "a": a}
+    for n, ops in enumerate(rsqrt.iteration_ops((iteration or m.cfg.iteration).steps)):
+        for op in ops:
+            args = [values[v] if isinstance(v, str) else m.const(ar.const(v)) for v in (op.a, op.b)]
+            values[op.out] = m.op(*scalar_unit(ar, op), _rounded(ar, op.kind), *args)
+        marks[f"step {n + 1}"] = values["a"].ready
+    return values["a"]
 
-    def times(c: float, v: Value) -> Value:  # c * v: a shift when c = 2^k, else a multiply
-        cc = ar.const(c)
-        if math.frexp(cc)[0] == 0.5:
-            return m.op("exp", "exp", lambda x: ar.rnd(cc * x), v)
-        return m.op("scalar.mul", "mul", lambda x: ar.rnd(cc * x), v)
 
-    half = None  # h = qn/2 of the Newton form, once
-    for n, step in enumerate(cfg.iteration.steps):  # in rsqrt.apply_steps's order
-        if step.form == "newton":
-            half = times(0.5, qn) if half is None else half
-            t = m.op("scalar.mul", "mul", mul, half, a)
-            t = m.op("scalar.mul", "mul", mul, t, a)
-            t = m.op("scalar.add", "add", sub, m.const(ar.const(step.c1)), t)
-            a = m.op("scalar.mul", "mul", mul, a, t)
-        else:
-            t = m.op("scalar.mul", "mul", mul, a, a)
-            u = m.op("scalar.mul", "mul", mul, t, qn)
-            if step.form == "euler":
-                e = m.op("scalar.add", "add", sub, m.const(1.0), u)
-                h = m.op("scalar.mul", "mul", mul, a, times(step.c1, e))
-            else:
-                gamma = m.const(ar.const(step.c1))
-                e = m.op("scalar.add", "add", sub, gamma, times(step.c2, u))
-                h = m.op("scalar.mul", "mul", mul, a, e)
-            a = m.op("scalar.add", "add", add, a, h)
-        marks[f"step {n + 1}"] = a.ready
-    return a
+def scalar_unit(ar, op: rsqrt.Op) -> tuple[str, str]:
+    """(unit, kind) that runs ``op``: a product with a power-of-two constant
+    is an exponent-field shift, other products the multiplier's, sums the adder's."""
+    if op.kind != "mul":
+        return "scalar.add", "add"
+    constant = next((v for v in (op.a, op.b) if not isinstance(v, str)), None)
+    if constant is not None and math.frexp(ar.const(constant))[0] == 0.5:
+        return "exp", "exp"
+    return "scalar.mul", "mul"
+
+
+def _rounded(ar, kind: str):
+    def fn(x, y):
+        return ar.rnd(x * y if kind == "mul" else x + y if kind == "add" else x - y)
+
+    return fn
 
 
 def _vector(m: Machine, v, y_of, j, a0: Value, marks) -> list[Value]:

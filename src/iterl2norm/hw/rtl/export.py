@@ -29,9 +29,12 @@ from .fp import FpAdd, FpFormat, FpMul
 __all__ = [
     "OPS",
     "close_exponent_pairs",
+    "hex_lines",
     "library_result",
     "mixed_pairs",
+    "operand_formats",
     "operator",
+    "output_dir",
     "test_vectors",
     "verilog",
     "write_op",
@@ -41,10 +44,23 @@ OPS = {"mul": FpMul, "add": FpAdd}
 TOP = "iterl2norm_op"
 
 
-def operator(op: str, fmt: str, latency: int):
+def operand_formats(op: str, fmt: str, acc_fmt: str | None = None) -> tuple[str, str, str]:
+    """(a, b, result) formats: all ``fmt``, or with an accumulator format the
+    mixed forms the unit uses: ``fmt`` x ``fmt`` -> ``acc_fmt`` (squares into
+    the accumulator) and ``acc_fmt`` + ``fmt`` -> ``acc_fmt`` (a sum taking a
+    datapath value)."""
     if op not in OPS:
         raise ValueError(f"unknown operator {op!r}; choose one of {', '.join(OPS)}")
-    return OPS[op](fmt, latency=latency)
+    fmt = FpFormat.of(fmt).name
+    if acc_fmt is None or FpFormat.of(acc_fmt).name == fmt:
+        return fmt, fmt, fmt
+    acc = FpFormat.of(acc_fmt).name
+    return (fmt, fmt, acc) if op == "mul" else (acc, fmt, acc)
+
+
+def operator(op: str, fmt: str, latency: int, acc_fmt: str | None = None):
+    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
+    return OPS[op](fr, latency=latency, inputs=(fa, fb))
 
 
 def verilog(component, name: str = TOP) -> str:
@@ -54,76 +70,76 @@ def verilog(component, name: str = TOP) -> str:
     return back.convert(component, name=name, emit_src=False)
 
 
-def close_exponent_pairs(fmt: str, n: int, rng: np.random.Generator):
-    """``n`` finite operand pairs whose exponents differ by at most the precision
-    plus four: alignment, sticky bits and cancellation."""
-    f = FpFormat.of(fmt)
-    top = (1 << f.ebits) - 1
-    exp_a = rng.integers(0, top, n)
-    exp_b = np.clip(exp_a + rng.integers(-(f.mbits + 5), f.mbits + 6, n), 0, top - 1)
-    frac_a, frac_b = rng.integers(0, 1 << f.mbits, n), rng.integers(0, 1 << f.mbits, n)
+def close_exponent_pairs(fmt: str, n: int, rng: np.random.Generator, fmt_b: str | None = None):
+    """``n`` finite operand pairs (a in ``fmt``, b in ``fmt_b``, default the
+    same) whose exponents differ by at most the precision plus four:
+    alignment, sticky bits and cancellation."""
+    f, g = FpFormat.of(fmt), FpFormat.of(fmt_b or fmt)
+    exp_a = rng.integers(0, (1 << f.ebits) - 1, n)
+    near = exp_a - f.bias + g.bias + rng.integers(-(f.mbits + 5), f.mbits + 6, n)
+    exp_b = np.clip(near, 0, (1 << g.ebits) - 2)
+    frac_a, frac_b = rng.integers(0, 1 << f.mbits, n), rng.integers(0, 1 << g.mbits, n)
     sign_a, sign_b = rng.integers(0, 2, n), rng.integers(0, 2, n)
     a = (sign_a << (f.width - 1)) | (exp_a << f.mbits) | frac_a
-    b = (sign_b << (f.width - 1)) | (exp_b << f.mbits) | frac_b
+    b = (sign_b << (g.width - 1)) | (exp_b << g.mbits) | frac_b
     return a, b
 
 
-def mixed_pairs(fmt: str, random: int, close: int, rng: np.random.Generator):
+def mixed_pairs(
+    fmt: str, random: int, close: int, rng: np.random.Generator, fmt_b: str | None = None
+):
     """``random`` pairs of random bit patterns (every class), then ``close``
     pairs from :func:`close_exponent_pairs`."""
-    width = FpFormat.of(fmt).width
-    a, b = rng.integers(0, 1 << width, random), rng.integers(0, 1 << width, random)
-    near_a, near_b = close_exponent_pairs(fmt, close, rng)
+    wa, wb = FpFormat.of(fmt).width, FpFormat.of(fmt_b or fmt).width
+    a, b = rng.integers(0, 1 << wa, random), rng.integers(0, 1 << wb, random)
+    near_a, near_b = close_exponent_pairs(fmt, close, rng, fmt_b)
     return np.concatenate([a, near_a]), np.concatenate([b, near_b])
 
 
-def library_result(op: str, fmt: str, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
-    """The library's values for a op b: the exact result rounded once (float64
-    holds every product of two operands of these formats, and a float64 sum
-    rounded to them rounds once)."""
-    va, vb = decode(torch.from_numpy(a), fmt), decode(torch.from_numpy(b), fmt)
-    return round_to_format(va * vb if op == "mul" else va + vb, fmt)
+def library_result(
+    op: str, fmt: str, a: np.ndarray, b: np.ndarray, acc_fmt: str | None = None
+) -> torch.Tensor:
+    """The library's values for a op b (formats as :func:`operand_formats`):
+    the exact result rounded once. Float64 holds every product of two operands
+    of these formats, and a float64 sum rounded to them rounds once (53 bits
+    are more than 2 p + 1 for p <= 24)."""
+    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
+    va, vb = decode(torch.from_numpy(a), fa), decode(torch.from_numpy(b), fb)
+    return round_to_format(va * vb if op == "mul" else va + vb, fr)
 
 
-def test_vectors(op: str, fmt: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def test_vectors(
+    op: str, fmt: str, count: int, seed: int = 0, acc_fmt: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Operand pairs (half random bit patterns, half with close exponents) and
     the bits of the library's result for each."""
+    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
     rng = np.random.Generator(np.random.PCG64(seed))
-    a, b = mixed_pairs(fmt, count // 2, count - count // 2, rng)
-    return np.stack([a, b], axis=1), encode(library_result(op, fmt, a, b), fmt).numpy()
+    a, b = mixed_pairs(fa, count // 2, count - count // 2, rng, fb)
+    return np.stack([a, b], axis=1), encode(library_result(op, fmt, a, b, acc_fmt), fr).numpy()
 
 
-def _hex(values, width: int) -> str:
+def hex_lines(values, width: int) -> str:
+    """One lowercase hex bit pattern a line, in the format's width."""
     digits = (width + 3) // 4
     return "".join(f"{int(v):0{digits}x}\n" for v in values)
 
 
-def testbench(fmt: FpFormat, latency: int) -> str:
-    """A self-checking testbench: each vector on its own, so that the cycles
-    from valid_in to valid_out are the operator's latency."""
-    w, e, m = fmt.width, fmt.ebits, fmt.mbits
-    clocked = latency > 0
-    ports = ".a(a), .b(b), .valid_in(valid_in), .result(result), .valid_out(valid_out)"
-    if clocked:
-        ports = ".clk(clk), .rst(rst), " + ports
-    return f"""// Self-checking testbench for {TOP} ({fmt.name}, latency {latency}).
-// Reads +inputs=FILE (default inputs.hex: "a b" a line) and +expected=FILE
-// (default expected.hex), prints one line per failure, cycles=C, and
-// "N passed, M failed". A NaN result passes for any NaN expected.
-`timescale 1ns/1ps
-module tb;
-  // No initial values on the inputs: their first assignment must be an event,
-  // so that every combinational block of the design evaluates (Icarus does
-  // not run "always @*" at time zero).
-  reg clk = 0, rst, valid_in;
-  reg [{w - 1}:0] a, b, want;
-  wire [{w - 1}:0] result;
-  wire valid_out;
-  {TOP} dut({ports});
-  integer fin, fexp, n, passed, failed, cycles, got_lines;
-  reg [1023:0] inputs_file, expected_file;
+def output_dir(out: str | Path) -> Path:
+    """``out``, made if missing; a ValueError if it is a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
-  function is_nan(input [{w - 1}:0] v);
+
+def testbench_common(fmt: FpFormat) -> str:
+    """The testbenches' shared Verilog: a NaN test in ``fmt``, the clock tick,
+    and the opening of +inputs=FILE and +expected=FILE (default inputs.hex,
+    expected.hex) at the start of the initial block."""
+    w, e, m = fmt.width, fmt.ebits, fmt.mbits
+    return f"""  function is_nan(input [{w - 1}:0] v);
     is_nan = (v[{w - 2}:{m}] == {{{e}{{1'b1}}}}) && (v[{m - 1}:0] != 0);
   endfunction
 
@@ -143,9 +159,40 @@ module tb;
       $display("cannot open %0s or %0s", inputs_file, expected_file);
       $finish;
     end
-    passed = 0; failed = 0; n = 0; cycles = -1;
+"""
+
+
+def testbench(formats: tuple[FpFormat, FpFormat, FpFormat], latency: int) -> str:
+    """A self-checking testbench: each vector on its own, so that the cycles
+    from valid_in to valid_out are the operator's latency."""
+    fa, fb, fmt = formats
+    w = fmt.width
+    names = fmt.name if fa == fb == fmt else f"{fa.name} x {fb.name} -> {fmt.name}"
+    ports = ".clk(clk), .rst(rst), .a(a), .b(b), .valid_in(valid_in), .result(result), " + (
+        ".valid_out(valid_out)"
+    )
+    return f"""// Self-checking testbench for {TOP} ({names}, latency {latency}).
+// Reads +inputs=FILE (default inputs.hex: "a b" a line) and +expected=FILE
+// (default expected.hex), prints one line per failure, cycles=C, and
+// "N passed, M failed". A NaN result passes for any NaN expected.
+`timescale 1ns/1ps
+module tb;
+  // No initial values on the inputs: their first assignment must be an event,
+  // so that every combinational block of the design evaluates (Icarus does
+  // not run "always @*" at time zero).
+  reg clk = 0, rst, valid_in;
+  reg [{fa.width - 1}:0] a;
+  reg [{fb.width - 1}:0] b;
+  reg [{w - 1}:0] want;
+  wire [{w - 1}:0] result;
+  wire valid_out;
+  {TOP} dut({ports});
+  integer fin, fexp, n, passed, failed, cycles, got_lines;
+  reg [1023:0] inputs_file, expected_file;
+
+{testbench_common(fmt)}    passed = 0; failed = 0; n = 0; cycles = -1;
     rst = 1; valid_in = 0;
-    {"tick; rst = 0;" if clocked else "#1 rst = 0;"}
+    tick; rst = 0;
     while (!$feof(fin)) begin
       got_lines = $fscanf(fin, "%h %h\\n", a, b);
       if (got_lines == 2) begin
@@ -154,8 +201,10 @@ module tb;
           $finish;
         end
         valid_in = 1;
-        cycles = 0;
-        {_wait_for_result(clocked)}
+        tick;
+        valid_in = 0;
+        cycles = 1;
+        while (!valid_out) begin tick; cycles = cycles + 1; end
         if (result === want || (is_nan(want) && is_nan(result))) passed = passed + 1;
         else begin
           failed = failed + 1;
@@ -172,15 +221,6 @@ endmodule
 """
 
 
-def _wait_for_result(clocked: bool) -> str:
-    if not clocked:
-        return "#1;"
-    return (
-        "tick;\n        valid_in = 0;\n        cycles = 1;\n"
-        "        while (!valid_out) begin tick; cycles = cycles + 1; end"
-    )
-
-
 def write_op(
     out: str | Path,
     op: str,
@@ -189,25 +229,26 @@ def write_op(
     count: int = 10000,
     seed: int = 0,
     synthesis: bool = True,
+    acc_fmt: str | None = None,
 ) -> tuple[list[Path], dict | None]:
     """Write the operator's Verilog, testbench, vectors and README into ``out``,
     and with ``synthesis`` its gate count (synthesis.json, synthesis.log)."""
-    component = operator(op, fmt, latency)
+    if not isinstance(latency, int) or isinstance(latency, bool) or latency < 1:
+        raise ValueError(f"latency must be an integer >= 1, got {latency!r}")
+    component = operator(op, fmt, latency, acc_fmt)
+    formats = (*component.inputs, component.fmt)
     f = component.fmt
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
     if count < 1:
         raise ValueError(f"the number of test vectors must be positive, got {count!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    pairs, expected = test_vectors(op, fmt, count, seed)
-    digits = (f.width + 3) // 4
+    out = output_dir(out)
+    pairs, expected = test_vectors(op, fmt, count, seed, acc_fmt)
+    da, db = ((g.width + 3) // 4 for g in component.inputs)
     files = {
         f"{TOP}.v": verilog(component),
-        "tb.v": testbench(f, latency),
-        "inputs.hex": "".join(f"{int(x):0{digits}x} {int(y):0{digits}x}\n" for x, y in pairs),
-        "expected.hex": _hex(expected, f.width),
-        "README.md": _readme(op, f, latency, count),
+        "tb.v": testbench(formats, latency),
+        "inputs.hex": "".join(f"{int(x):0{da}x} {int(y):0{db}x}\n" for x, y in pairs),
+        "expected.hex": hex_lines(expected, f.width),
+        "README.md": _readme(op, formats, latency, count),
     }
     written = []
     for name, text in files.items():
@@ -217,24 +258,34 @@ def write_op(
     if synthesis:
         from .synth import synthesize
 
-        report = {"op": op, "fmt": f.name, "latency": latency, **synthesize(out / f"{TOP}.v", TOP)}
+        report = {
+            "op": op,
+            "fmt": formats[1].name,  # the datapath operand's
+            "acc_fmt": None if formats[1] == f else f.name,
+            "latency": latency,
+            **synthesize(out / f"{TOP}.v", TOP),
+        }
         (out / "synthesis.json").write_text(json.dumps(report, indent=2) + "\n")
         written += [out / "synthesis.json", out / "synthesis.log"]
     return written, report
 
 
-def _readme(op: str, fmt: FpFormat, latency: int, count: int) -> str:
+def _readme(op: str, formats, latency: int, count: int) -> str:
     symbol = "*" if op == "mul" else "+"
-    return f"""# {TOP}: {fmt.name} a {symbol} b, latency {latency}
+    fa, fb, fmt = formats
+    acc = "" if fa == fb == fmt else f" --acc-fmt {fmt.name}"
+    data = fb.name if op == "add" else fa.name
+    title = f"a {symbol} b, a in {fa.name}, b in {fb.name}, result in {fmt.name}"
+    return f"""# {TOP}: {title}, latency {latency}
 
-Generated by `iterl2norm rtl op --op {op} --fmt {fmt.name} --latency {latency}`.
+Generated by `iterl2norm rtl op --op {op} --fmt {data}{acc} --latency {latency}`.
 The result is the exact a {symbol} b rounded once to {fmt.name} (nearest, ties
 to even; subnormals kept; overflow to infinity), bit for bit the iterl2norm
 library's; a NaN result is the quiet NaN 0x{fmt.quiet_nan():x}.
 
-Ports: `a`, `b` ({fmt.width} bits), `valid_in` in; `result` ({fmt.width} bits),
-`valid_out` out, {latency} clock cycles later{"" if latency else " (combinational)"}.
-{"`clk` and `rst` (synchronous, active high) drive the pipeline registers." if latency else ""}
+Ports: `a` ({fa.width} bits), `b` ({fb.width} bits), `valid_in` in; `result` ({fmt.width} bits),
+`valid_out` out, {latency} clock cycles later; `clk` and `rst` (synchronous,
+active high) drive the pipeline registers, one operation a cycle.
 
 Run the testbench ({count} vectors: random bit patterns and pairs with close
 exponents, expected results from the library):

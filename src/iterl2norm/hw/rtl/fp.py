@@ -1,5 +1,7 @@
 """Floating-point operators in Amaranth: one classifier, one rounder, and the
-multiplier and adder built on them, for any format of iterl2norm.formats.
+multiplier, adder and converter built on them, for fp32, fp16 and bf16, and
+the mixed forms of a datapath with a wider accumulator (16-bit operands into
+an fp32 result).
 
 Every operator computes exactly what the library's ``Arithmetic`` does for
 that operation: the exact result rounded once to the format, to nearest with
@@ -9,21 +11,22 @@ the definition). Formats with infinities and IEEE NaNs (fp32, fp16, bf16) are
 supported; the FP8 E4M3 encoding, which saturates, is not.
 
 The operators are combinational cores wrapped in ``latency`` pipeline
-registers placed at the output (synthesis retimes them into the core); a
-``valid`` bit travels with the data.
+registers placed at the output, for a synthesis tool with retiming to move
+into the core (the Yosys flow of :mod:`.synth` does not retime: its counts
+are of output registers); a ``valid`` bit travels with the data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ...formats import Format, get_format
 
-__all__ = ["SUPPORTED", "FpAdd", "FpFormat", "FpMul"]
+__all__ = ["SUPPORTED", "FpAdd", "FpConvert", "FpFormat", "FpMul"]
 
 SUPPORTED = ("fp32", "fp16", "bf16")
 
@@ -90,7 +93,7 @@ class Unpacked:
         self.magnitude = bits[:-1]  # orders finite values (and inf) by size
 
 
-def _leading_zeros(m: Module, value, name: str) -> Signal:
+def leading_zeros(m: Module, value, name: str) -> Signal:
     """Count of zeros above the highest one of ``value`` (its width if zero)."""
     width = len(value)
     count = Signal(range(width + 1), name=name)
@@ -105,16 +108,20 @@ def round_pack(m: Module, fmt: FpFormat, sign, exp, sig, name: str) -> Signal:
     """The rounder: sig * 2**exp (sig unsigned, its lowest bit may be a sticky
     bit) rounded to the format, nearest even; an encoded result. A zero sig
     gives a zero of ``sign``; overflow gives an infinity of ``sign``."""
-    width = len(sig)
     p = fmt.precision
-    assert width >= p + 2, "the rounder needs a round and a sticky position"
-    lz = _leading_zeros(m, sig, f"{name}_lz")
+    if len(sig) < p + 2:  # room for a round and a sticky position
+        pad = p + 2 - len(sig)
+        sig, exp = Cat(Const(0, pad), sig), exp - pad
+    width = len(sig)
+    # Exponent arithmetic as wide as the result's format or the incoming exponent.
+    shape = signed(max(fmt.exp_shape.width, Value.cast(exp).shape().width) + 1)
+    lz = leading_zeros(m, sig, f"{name}_lz")
     normed = Signal(width, name=f"{name}_normed")
     m.d.comb += normed.eq(sig << lz)
     # Exponent of the leading bit; below emin the result is subnormal and keeps fewer bits.
-    e_top = Signal(fmt.exp_shape, name=f"{name}_etop")
+    e_top = Signal(shape, name=f"{name}_etop")
     m.d.comb += e_top.eq(exp - lz + (width - 1))
-    deficit = Signal(fmt.exp_shape, name=f"{name}_deficit")
+    deficit = Signal(shape, name=f"{name}_deficit")
     m.d.comb += deficit.eq(Mux(e_top < fmt.emin, fmt.emin - e_top, 0))
     drop = Signal(range(2 * width + 2), name=f"{name}_drop")  # bits below the kept ones
     m.d.comb += drop.eq(Mux(deficit > width + 1, 2 * width + 1, deficit + (width - p)))
@@ -134,7 +141,7 @@ def round_pack(m: Module, fmt: FpFormat, sign, exp, sig, name: str) -> Signal:
     # Encoding: (biased exponent - 1) << mbits plus the significand with its
     # hidden bit, so that a carry out of the significand bumps the exponent
     # and a subnormal that rounds up becomes the smallest normal.
-    e_minus_1 = Signal(fmt.exp_shape, name=f"{name}_em1")
+    e_minus_1 = Signal(shape, name=f"{name}_em1")
     m.d.comb += e_minus_1.eq(Mux(deficit > 0, 0, e_top + fmt.bias - 1))
     packed = Signal(fmt.ebits + fmt.mbits + 5, name=f"{name}_packed")
     m.d.comb += packed.eq((e_minus_1 << fmt.mbits) + rounded)
@@ -147,6 +154,28 @@ def round_pack(m: Module, fmt: FpFormat, sign, exp, sig, name: str) -> Signal:
     with m.Else():
         m.d.comb += result.eq(Cat(packed[: fmt.width - 1], sign))
     return result
+
+
+def delayed(m: Module, value, latency: int, name: str):
+    """``value`` through ``latency`` registers (the operators' output pipeline)."""
+    for stage in range(latency):
+        reg = Signal(len(value), name=f"{name}_stage{stage}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+def with_specials(m: Module, fmt: FpFormat, x: Unpacked, rounded, name: str) -> Signal:
+    """``rounded``, unless the operand ``x`` is NaN (the quiet NaN) or an
+    infinity (kept): the one-operand operations' results."""
+    out = Signal(fmt.width, name=name)
+    with m.If(x.is_nan):
+        m.d.comb += out.eq(fmt.quiet_nan())
+    with m.Elif(x.is_inf):
+        m.d.comb += out.eq(fmt.infinity(x.sign))
+    with m.Else():
+        m.d.comb += out.eq(rounded)
+    return out
 
 
 def _choose(m: Module, fmt: FpFormat, pick_first, first: Unpacked, second: Unpacked, name: str):
@@ -162,21 +191,61 @@ def _choose(m: Module, fmt: FpFormat, pick_first, first: Unpacked, second: Unpac
     return sig, exp, sign
 
 
-class _Operator(wiring.Component):
-    """a, b -> result after ``latency`` cycles (0: combinational), valid alongside."""
+def widen(m: Module, src: FpFormat, dst: FpFormat, bits, name: str) -> Signal:
+    """An operand of ``src`` in the wider ``dst``, exactly (``dst`` holds every
+    ``src`` value; the rounder, which has nothing to round here, re-encodes
+    it, subnormals included)."""
+    if src == dst:
+        return bits
+    return _convert(m, src, dst, bits, name)
 
-    def __init__(self, fmt, latency: int = 0):
+
+def _convert(m: Module, src: FpFormat, dst: FpFormat, bits, name: str) -> Signal:
+    x = Unpacked(m, src, bits, name)
+    rounded = round_pack(m, dst, x.sign, x.exp, x.sig, f"{name}_to_{dst.name}")
+    return with_specials(m, dst, x, rounded, f"{name}_{dst.name}")
+
+
+def _operand_formats(fmt: FpFormat, inputs) -> tuple[FpFormat, FpFormat]:
+    """The operands' formats: ``fmt`` unless given, each held by ``fmt``."""
+    if inputs is None:
+        return fmt, fmt
+    if isinstance(inputs, str) or len(inputs) != 2:
+        raise ValueError(f"inputs must be two operand formats, got {inputs!r}")
+    formats = tuple(FpFormat.of(i) for i in inputs)
+    for f in formats:
+        if not get_format(fmt.name).holds(get_format(f.name)):
+            raise ValueError(
+                f"operands of {f.name} do not fit a {fmt.name} result; the mixed forms "
+                "take narrower operands into a wider result"
+            )
+    return formats
+
+
+class _Operator(wiring.Component):
+    """a, b -> result after ``latency`` cycles (0: combinational), valid alongside.
+    ``inputs``: the operands' formats when they are narrower than the result's
+    (16-bit operands into an fp32 accumulator); default the result's."""
+
+    def __init__(self, fmt, latency: int = 0, *, inputs=None):
         try:
             self.fmt = FpFormat.of(fmt)
+            self.inputs = _operand_formats(self.fmt, inputs)
             if not isinstance(latency, int) or isinstance(latency, bool) or latency < 0:
                 raise ValueError(f"latency must be an integer >= 0, got {latency!r}")
         except ValueError:
             self._MustUse__silence = True  # a rejected design is not an unused one
             raise
         self.latency = latency
-        w = self.fmt.width
+        fa, fb = self.inputs
         super().__init__(
-            {"a": In(w), "b": In(w), "valid_in": In(1), "result": Out(w), "valid_out": Out(1)}
+            {
+                "a": In(fa.width),
+                "b": In(fb.width),
+                "valid_in": In(1),
+                "result": Out(self.fmt.width),
+                "valid_out": Out(1),
+            }
         )
 
     def core(self, m: Module):  # the combinational result
@@ -184,23 +253,23 @@ class _Operator(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        value, valid = self.core(m), self.valid_in
-        for stage in range(self.latency):  # output registers, retimed by synthesis
-            reg, reg_valid = Signal(len(value), name=f"stage{stage}"), Signal(name=f"v{stage}")
-            m.d.sync += [reg.eq(value), reg_valid.eq(valid)]
-            value, valid = reg, reg_valid
-        m.d.comb += [self.result.eq(value), self.valid_out.eq(valid)]
+        m.d.comb += [  # output registers, for retiming to place
+            self.result.eq(delayed(m, self.core(m), self.latency, "result")),
+            self.valid_out.eq(delayed(m, self.valid_in, self.latency, "valid")),
+        ]
         return m
 
 
 class FpMul(_Operator):
-    """a * b, rounded once."""
+    """a * b, rounded once (operands of their own formats: the exact product
+    of their significands, rounded to the result's)."""
 
     def core(self, m: Module):
         fmt = self.fmt
-        a, b = Unpacked(m, fmt, self.a, "a"), Unpacked(m, fmt, self.b, "b")
+        fa, fb = self.inputs
+        a, b = Unpacked(m, fa, self.a, "a"), Unpacked(m, fb, self.b, "b")
         sign = a.sign ^ b.sign
-        product = Signal(2 * fmt.precision, name="product")
+        product = Signal(fa.precision + fb.precision, name="product")
         exp = Signal(fmt.exp_shape, name="pexp")
         m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp)]
         rounded = round_pack(m, fmt, sign, exp, product, "r")
@@ -215,12 +284,15 @@ class FpMul(_Operator):
 
 
 class FpAdd(_Operator):
-    """a + b, rounded once (a - b is a + (-b): flip b's sign bit)."""
+    """a + b, rounded once (a - b is a + (-b): flip b's sign bit). Narrower
+    operands are first widened to the result's format, exactly."""
 
     def core(self, m: Module):
         fmt = self.fmt
         p = fmt.precision
-        x, y = Unpacked(m, fmt, self.a, "a"), Unpacked(m, fmt, self.b, "b")
+        wide_a = widen(m, self.inputs[0], fmt, self.a, "a")
+        wide_b = widen(m, self.inputs[1], fmt, self.b, "b")
+        x, y = Unpacked(m, fmt, wide_a, "x"), Unpacked(m, fmt, wide_b, "y")
         # Order by magnitude: big >= small, so the difference is never negative.
         swap = Signal(name="swap")
         m.d.comb += swap.eq(y.magnitude > x.magnitude)
@@ -268,3 +340,37 @@ class FpAdd(_Operator):
         with m.Else():
             m.d.comb += result.eq(rounded)
         return result
+
+
+class FpConvert(wiring.Component):
+    """A value of ``src`` in ``dst`` after ``latency`` cycles: exact when ``dst``
+    holds ``src`` (bf16 or fp16 into fp32), else rounded once, nearest even
+    (fp32 to bf16 or fp16, bf16 to fp16 and back), as the library's
+    round_to_format of the value."""
+
+    def __init__(self, src, dst, latency: int = 0):
+        try:
+            self.src, self.fmt = FpFormat.of(src), FpFormat.of(dst)
+            if not isinstance(latency, int) or isinstance(latency, bool) or latency < 0:
+                raise ValueError(f"latency must be an integer >= 0, got {latency!r}")
+        except ValueError:
+            self._MustUse__silence = True
+            raise
+        self.latency = latency
+        super().__init__(
+            {
+                "a": In(self.src.width),
+                "valid_in": In(1),
+                "result": Out(self.fmt.width),
+                "valid_out": Out(1),
+            }
+        )
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        value = self.a if self.src == self.fmt else _convert(m, self.src, self.fmt, self.a, "a")
+        m.d.comb += [
+            self.result.eq(delayed(m, value, self.latency, "result")),
+            self.valid_out.eq(delayed(m, self.valid_in, self.latency, "valid")),
+        ]
+        return m

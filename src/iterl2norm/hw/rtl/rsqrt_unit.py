@@ -1,0 +1,292 @@
+"""The scalar unit ``iterl2norm_rsqrt``: r = q**-0.5 with no division and no
+square root, exactly as ``iter_rsqrt`` computes it, built as the hardware
+model (:mod:`iterl2norm.hw.simulator`) builds it.
+
+One multiplier, one adder and the exponent-field blocks run the iteration's
+operations (``rsqrt.step_ops``, the one description of a step) on a
+dependency chain. The schedule is static: each operation issues at the first
+cycle its operands are ready and its unit is free (the model's rule,
+``simulator.Unit``), so the unit takes exactly the cycles the model counts
+for the exponent split, the start and the steps. A cycle counter selects
+each unit's operands; every result lands in a register named after its
+value, and an operation issued on the cycle its operand appears reads it
+from the unit's output (a bypass). The final r = a * 2**-j and the fixed
+results for q <= 0, inf and NaN are combinational on the output.
+
+Ports (``amaranth.lib.stream``, valid/ready): ``i`` takes q, ``o`` gives r.
+The unit holds one q at a time: ``i.ready`` is high while it is idle; ``o``
+holds its result until taken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..._arith import Arithmetic
+from ..._validation import IterSettings
+from ...rsqrt import iteration_ops
+from ...schedules import Iteration
+from ..simulator import Unit, scalar_unit
+from .expo import (
+    ExponentSplit,
+    MagicStart,
+    MantissaStart,
+    Pow2Scale,
+    TableLookup,
+    constant_bits,
+    fixed_results,
+)
+from .fp import FpAdd, FpFormat, FpMul
+
+__all__ = ["Issue", "RsqrtUnit", "schedule"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One operation of the static schedule: ``block`` computes ``out`` from
+    ``args`` (value names or ("const", bits)), issued at ``cycle``, its result
+    ready ``ready`` (the block's output on that cycle)."""
+
+    block: str  # "split", "start", "lut", "scale", "mul", "add", "sub"
+    out: tuple[str, ...]
+    args: tuple
+    cycle: int
+    ready: int
+    shift: int = 0  # "scale": the power of two
+
+
+def schedule(
+    fmt: FpFormat, iteration: Iteration, mul_latency: int, add_latency: int, exp_latency: int
+) -> tuple[list[Issue], dict[str, int]]:
+    """The unit's operations in issue order, and the cycle each value named
+    by the output (qn, j, cls, a) is ready; ``a`` at the last cycle."""
+    ar = Arithmetic.resolve(torch.float32, fmt.name, None)
+    units = {
+        "exp": Unit("exp", exp_latency, 1),
+        "scalar.mul": Unit("scalar.mul", mul_latency, 1),
+        "scalar.add": Unit("scalar.add", add_latency, 1),
+    }
+    ready = {"q": 0}
+    issues: list[Issue] = []
+
+    def issue(unit: str, block: str, out: tuple[str, ...], args: tuple, shift: int = 0):
+        earliest = max((ready[a] for a in args if isinstance(a, str)), default=0)
+        u = units[unit]
+        cycle = u.issue(earliest)
+        issues.append(Issue(block, out, args, cycle, cycle + u.latency, shift))
+        for name in out:
+            ready[name] = cycle + u.latency
+
+    issue("exp", "split", ("qn", "j", "cls"), ("q",))
+    if iteration.start == "exponent":
+        ready["a"] = ready["qn"]  # a_0 = 1: the split did the work
+    elif iteration.start == "table":
+        issue("exp", "lut", ("c0", "c1"), ("qn",))
+        issue("scalar.mul", "mul", ("p",), ("c1", "qn"))
+        issue("scalar.add", "sub", ("a",), ("c0", "p"))
+    else:
+        issue("exp", "start", ("a",), ("qn",))
+    for ops in iteration_ops(iteration.steps):
+        for op in ops:
+            unit, _ = scalar_unit(ar, op)
+            args = tuple(
+                v if isinstance(v, str) else ("const", constant_bits(v, fmt)) for v in (op.a, op.b)
+            )
+            if unit == "exp":  # a product with 2**k
+                value = next(v for v in (op.a, op.b) if not isinstance(v, str))
+                names = tuple(a for a in args if isinstance(a, str))
+                shift = math.frexp(ar.const(value))[1] - 1
+                issue(unit, "scale", (op.out,), names, shift)
+            else:
+                issue(unit, op.kind, (op.out,), args)
+    return issues, ready
+
+
+class RsqrtUnit(wiring.Component):
+    """q**-0.5 as ``iter_rsqrt(q, fmt=fmt, ...)`` computes it.
+
+    Args:
+        fmt: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        iteration: the start and steps (:class:`iterl2norm.schedules.Iteration`);
+            :meth:`from_settings` builds it from ``iter_rsqrt``'s arguments.
+        mul_latency, add_latency, exp_latency: cycles of the multiplier, the
+            adder and the exponent-field blocks (each >= 1), as in
+            :class:`iterl2norm.hw.UnitConfig`.
+    """
+
+    def __init__(
+        self,
+        fmt,
+        iteration: Iteration,
+        *,
+        mul_latency: int = 3,
+        add_latency: int = 3,
+        exp_latency: int = 1,
+    ):
+        try:
+            self.fmt = FpFormat.of(fmt)
+            for name, value in (
+                ("mul_latency", mul_latency),
+                ("add_latency", add_latency),
+                ("exp_latency", exp_latency),
+            ):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if not isinstance(iteration, Iteration):
+                raise TypeError(f"iteration must be an Iteration, got {iteration!r}")
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # a rejected design is not an unused one
+            raise
+        self.iteration = iteration
+        self.latencies = {"mul": mul_latency, "add": add_latency, "exp": exp_latency}
+        self.issues, self.ready = schedule(
+            self.fmt, iteration, mul_latency, add_latency, exp_latency
+        )
+        self.cycles = self.ready["a"]
+        w = self.fmt.width
+        super().__init__({"i": In(stream.Signature(w)), "o": Out(stream.Signature(w))})
+
+    @classmethod
+    def from_settings(
+        cls,
+        fmt,
+        *,
+        steps: int = 5,
+        init: str = "exponent",
+        update_rate=0.5,
+        schedule: str | None = None,
+        **latencies,
+    ) -> RsqrtUnit:
+        """The unit for ``iter_rsqrt(q, fmt=fmt, steps=..., init=..., update_rate=...,
+        schedule=...)``."""
+        settings = IterSettings(
+            steps=steps, init=init, update_rate=update_rate, schedule=schedule, fmt=fmt
+        )
+        return cls(fmt, settings.iteration, **latencies)
+
+    def elaborate(self, platform) -> Module:
+        m, f = Module(), self.fmt
+        lat = self.latencies
+        blocks = {
+            "split": ExponentSplit(f.name, lat["exp"]),
+            "mul": FpMul(f.name, lat["mul"]),
+            "add": FpAdd(f.name, lat["add"]),
+        }
+        start = self.iteration.start
+        if start == "exponent+mantissa":
+            blocks["start"] = MantissaStart(f.name, lat["exp"])
+        elif start == "magic":
+            blocks["start"] = MagicStart(f.name, self.iteration.magic_for(f.name), lat["exp"])
+        elif start == "table":
+            blocks["lut"] = TableLookup(f.name, self.iteration.table, lat["exp"])
+        if any(x.block == "scale" for x in self.issues):
+            blocks["scale"] = Pow2Scale(f.name, lat["exp"])
+        for name, block in blocks.items():
+            m.submodules[name] = block
+
+        last = self.cycles
+        cycle = Signal(range(last + 1), name="cycle")
+        busy, hold = Signal(name="busy"), Signal(name="hold")
+        one = Const(f.bias << f.mbits, f.width)
+
+        # The value each name holds: a register per name, written on the cycle
+        # its producer's result is ready.
+        outputs = {
+            "split": {"qn": blocks["split"].qn, "j": blocks["split"].j, "cls": blocks["split"].cls},
+            "lut": {"c0": blocks["lut"].c0, "c1": blocks["lut"].c1} if "lut" in blocks else {},
+            "start": {"a": blocks["start"].a0} if "start" in blocks else {},
+        }
+        shapes = {"j": f.exp_shape, "cls": 2}
+        registers: dict[str, Signal] = {}
+        versions: dict[str, list[Issue]] = {}
+
+        def produced(x: Issue, name: str):
+            """The output of ``x``'s block that carries ``name``."""
+            source = outputs.get(x.block, {}).get(name)
+            if source is None:  # mul, add, sub, scale: their one result
+                source = blocks["add" if x.block == "sub" else x.block].result
+            return source
+
+        for x in self.issues:
+            for name in x.out:
+                if name not in registers:
+                    registers[name] = Signal(shapes.get(name, f.width), name=f"r_{name}")
+                versions.setdefault(name, []).append(x)
+                with m.If(busy & ~hold & (cycle == x.ready)):
+                    m.d.sync += registers[name].eq(produced(x, name))
+
+        def read(name, at: int):
+            """``name`` as an operation issued on cycle ``at`` sees it."""
+            if isinstance(name, tuple):  # ("const", bits)
+                return Const(name[1], f.width)
+            if name == "q":
+                return self.i.payload
+            if name == "a" and name not in versions:  # the exponent start: a_0 = 1
+                return one
+            history = versions.get(name, [])
+            current = [x for x in history if x.ready <= at]
+            later = [x for x in history if x.ready > at]
+            if not current:
+                if name == "a":
+                    return one
+                raise AssertionError(f"{name} is read on cycle {at} before it is ready")
+            latest = current[-1]
+            # A later write must not land before this read.
+            assert all(x.ready >= at for x in later), (name, at)
+            return produced(latest, name) if latest.ready == at else registers[name]
+
+        # Each block's inputs, by the cycle its operations issue.
+        ports = {
+            "split": ("q",),
+            "start": ("qn",),
+            "lut": ("qn",),
+            "mul": ("a", "b"),
+            "add": ("a", "b"),
+            "scale": ("x",),
+        }
+        by_block: dict[str, list[Issue]] = {}
+        for x in self.issues:
+            by_block.setdefault("add" if x.block == "sub" else x.block, []).append(x)
+        for block, issued in by_block.items():
+            b = blocks[block]
+            with m.Switch(cycle):
+                for x in issued:
+                    with m.Case(x.cycle):
+                        for port, arg in zip(ports[block], x.args, strict=True):
+                            value = read(arg, x.cycle)
+                            if x.block == "sub" and port == "b":  # a - b = a + (-b)
+                                value = value ^ (1 << (f.width - 1))
+                            m.d.comb += getattr(b, port).eq(value)
+                        if block == "scale":
+                            m.d.comb += b.k.eq(x.shift)
+
+        # The control: idle (cycle 0, taking q), busy (counting to the last
+        # cycle), holding the result until the output stream takes it.
+        m.d.comb += self.i.ready.eq(~busy)
+        with m.If(~busy):
+            with m.If(self.i.valid):
+                m.d.sync += [busy.eq(1), cycle.eq(1)]
+        with m.Elif(~hold & (cycle != last)):
+            m.d.sync += cycle.eq(cycle + 1)
+        done = busy & (cycle == last)
+        m.d.comb += self.o.valid.eq(done)
+        with m.If(done):
+            with m.If(self.o.ready):
+                m.d.sync += [busy.eq(0), hold.eq(0), cycle.eq(0)]
+            with m.Else():
+                m.d.sync += hold.eq(1)
+
+        # r = a * 2**-j, or the fixed result of q's class.
+        a = Mux(hold, registers.get("a", one), read("a", last))
+        j = Mux(hold, registers["j"], read("j", last))
+        cls = Mux(hold, registers["cls"], read("cls", last))
+        m.submodules.output = out_scale = Pow2Scale(f.name, 0)
+        m.d.comb += [out_scale.x.eq(a), out_scale.k.eq(-j)]
+        fixed_results(m, f, cls, out_scale.result, self.o.payload)
+        return m
