@@ -134,6 +134,15 @@ def output_dir(out: str | Path) -> Path:
     return out
 
 
+# The testbenches' last lines: the latency and the counts.
+TESTBENCH_END = """    $display("cycles=%0d", cycles);
+    $display("%0d passed, %0d failed", passed, failed);
+    $finish;
+  end
+endmodule
+"""
+
+
 def testbench_common(fmt: FpFormat) -> str:
     """The testbenches' shared Verilog: a NaN test in ``fmt``, the clock tick,
     and the opening of +inputs=FILE and +expected=FILE (default inputs.hex,
@@ -213,12 +222,7 @@ module tb;
         n = n + 1;
       end
     end
-    $display("cycles=%0d", cycles);
-    $display("%0d passed, %0d failed", passed, failed);
-    $finish;
-  end
-endmodule
-"""
+{TESTBENCH_END}"""
 
 
 def write_op(

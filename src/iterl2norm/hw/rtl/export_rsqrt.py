@@ -20,7 +20,7 @@ import torch
 from ...formats import decode, encode
 from ...normalize import iter_rsqrt
 from ..simulator import rsqrt_stages
-from .export import hex_lines, output_dir, testbench_common, verilog
+from .export import TESTBENCH_END, hex_lines, output_dir, testbench_common, verilog
 from .fp import FpFormat
 from .rsqrt_unit import RsqrtUnit
 from .sqrt_divide import SqrtDivide, sqrt_divide_reference
@@ -119,12 +119,7 @@ module tb;
         n = n + 1;
       end
     end
-    $display("cycles=%0d", cycles);
-    $display("%0d passed, %0d failed", passed, failed);
-    $finish;
-  end
-endmodule
-"""
+{TESTBENCH_END}"""
 
 
 def write_rsqrt(
