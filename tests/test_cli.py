@@ -60,3 +60,43 @@ def test_help_and_version(capsys):
         main(["--version"])
     assert exc.value.code == 0 and "iterl2norm 0.1.0" in capsys.readouterr().out
     assert main([]) == 2  # no command: help, non-zero
+
+
+def test_info_says_whether_the_kernels_run(capsys, monkeypatch):
+    import torch
+
+    from iterl2norm import _fused
+
+    assert main(["info", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["torch"] == torch.__version__ and "bf16" in facts["formats"]
+    assert facts["threads"] == torch.get_num_threads()
+    if _fused._kernels is None:
+        assert facts["kernels"] == "none" and facts["isa"] is None
+    else:
+        assert facts["kernels"] == "compiled" and facts["isa"] in facts["supported_isas"]
+    monkeypatch.setattr(_fused, "_kernels", None)  # as an install without them
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "kernels" in text and "none (the torch paths run: rebuild with `make install`)" in text
+
+
+def test_info_reports_a_bad_isa_in_one_line(capsys, monkeypatch):
+    from iterl2norm import _fused
+
+    if _fused._kernels is None:
+        pytest.skip("the compiled kernels are not built")
+    monkeypatch.setattr(_fused, "_isa_applied", False)
+    monkeypatch.setenv("ITERL2NORM_ISA", "sse9")
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "ITERL2NORM_ISA='sse9'" in err and err.count("\n") == 1
+
+
+def test_patching_is_importable_from_the_package_root():
+    import iterl2norm
+    from iterl2norm import patching
+
+    assert iterl2norm.patch_model is patching.patch_model
+    assert iterl2norm.unpatch_model is patching.unpatch_model
+    assert iterl2norm.patched is patching.patched

@@ -16,6 +16,7 @@ from .normalize import (
     iterl2norm,
     sqrt23_normalize,
 )
+from .patching import patch_model, patched, unpatch_model
 from .rsqrt import INITS
 
 __version__ = "0.1.0"
@@ -35,7 +36,10 @@ __all__ = [
     "iter_rsqrt",
     "iterl2norm",
     "layer_norm",
+    "patch_model",
+    "patched",
     "rms_norm",
     "round_to_format",
     "sqrt23_normalize",
+    "unpatch_model",
 ]

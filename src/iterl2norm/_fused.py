@@ -79,6 +79,14 @@ def disabled(off: bool = True) -> Iterator[None]:
         ENABLED = saved
 
 
+def status() -> dict:
+    """How the kernels came (``"compiled"``: built with the package, or
+    ``"none"``), the instruction-set variant in use and the ones this CPU runs."""
+    if _kernels is None:
+        return {"kernels": "none", "isa": None, "supported_isas": []}
+    return {"kernels": "compiled", "isa": isa(), "supported_isas": list(_kernels.supported_isas())}
+
+
 def available() -> bool:
     if _kernels is None or not ENABLED:
         return False

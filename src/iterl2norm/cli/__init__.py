@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bench, demo, hw, models, rtl, study
+from . import bench, demo, hw, info, models, rtl, study
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # The command table: each module adds its sub-commands and runs them.
-_MODULES = (demo, study, models, hw, rtl, bench)
+_MODULES = (demo, study, models, hw, rtl, bench, info)
 COMMANDS = {name: module for module in _MODULES for name in module.COMMANDS}
 
 
