@@ -94,6 +94,46 @@ def add_commands(sub) -> None:
     sd.add_argument("--seed", type=int, default=0, help="vector seed (default: 0)")
     sd.add_argument("--no-synthesis", action="store_true", help="skip the Yosys gate count")
 
+    whole = parts.add_parser(
+        "unit",
+        help="the normalization unit iterl2norm_unit from a preset and config fields",
+        description="Write the normalization unit's Verilog (top module iterl2norm_unit) "
+        "for a preset with any fields changed, a self-checking Icarus testbench (tb.v) "
+        "with inputs.hex, expected.hex (hw.reference) and cycles.txt (hw.simulate), a "
+        "README with its ports, and its synthesis to CMOS gates.",
+    )
+    whole.add_argument("--preset", required=True, metavar="NAME", help="a unit preset")
+    for name, kind in (
+        ("lanes", positive_int),
+        ("mul-latency", positive_int),
+        ("add-latency", positive_int),
+        ("exp-latency", positive_int),
+        ("acc-slots", positive_int),
+        ("steps", nonnegative_int),
+        ("fmt", str),
+        ("acc-fmt", str),
+        ("statistics", str),
+        ("method", str),
+        ("init", str),
+        ("schedule", str),
+        ("reduction", str),
+        ("mode", str),
+    ):
+        whole.add_argument(f"--{name}", type=kind, help=f"override the preset's {name}")
+    whole.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    whole.add_argument(
+        "--dims",
+        type=positive_int,
+        nargs="+",
+        default=[64, 128, 768, 1000, 1024],
+        metavar="D",
+        help="vector lengths (default: 64 128 768 1000 1024)",
+    )
+    whole.add_argument("--vectors", type=positive_int, default=8, help="vectors per d (default: 8)")
+    whole.add_argument("--inputs", metavar="ROWS.npy", help="run these rows (n, d) instead")
+    whole.add_argument("--seed", type=int, default=0, help="vector seed (default: 0)")
+    whole.add_argument("--no-synthesis", action="store_true", help="skip the Yosys gate count")
+
     every = parts.add_parser(
         "exhaustive",
         help="every operand pair of a 16-bit format through an operator",
@@ -135,6 +175,8 @@ def run(args, argv) -> int:
         return _exhaustive(args)
     if args.part in ("rsqrt", "sqrt-divide"):
         return _unit(args)
+    if args.part == "unit":
+        return _whole_unit(args)
     from ..hw.rtl.export import write_op
 
     written, report = write_op(
@@ -188,6 +230,42 @@ def _unit(args) -> int:
         gates = report["synthesis"]
         line += (
             f", {gates['transistors']} transistors ({gates['nand2_equivalents']:g} NAND2), "
+            f"{gates['flip_flops']} flip-flops, {gates['latches']} latches"
+        )
+    print(line)
+    print(f"run it: cd {args.out} && iverilog -g2012 -o sim *.v && vvp sim")
+    return 0
+
+
+def _whole_unit(args) -> int:
+    from ..hw import get_preset
+    from ..hw.rtl.export_unit import write_unit
+
+    fields = (
+        "lanes mul_latency add_latency exp_latency acc_slots steps fmt acc_fmt statistics "
+        "method init schedule reduction mode"
+    ).split()
+    changes = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    cfg = get_preset(args.preset)
+    if changes:
+        cfg = cfg.with_(**changes)
+    written, report = write_unit(
+        args.out,
+        cfg,
+        dims=args.dims,
+        vectors=args.vectors,
+        inputs=args.inputs,
+        seed=args.seed,
+        synthesis=not args.no_synthesis,
+    )
+    for path in written:
+        print(path)
+    cycles = ", ".join(f"d={d}: {c}" for d, c in report["cycles"].items())
+    line = f"{cfg.name}: {report['vectors']} vectors, cycles {cycles}"
+    if "synthesis" in report:
+        gates = report["synthesis"]
+        line += (
+            f"; {gates['transistors']} transistors ({gates['nand2_equivalents']:g} NAND2), "
             f"{gates['flip_flops']} flip-flops, {gates['latches']} latches"
         )
     print(line)

@@ -1,10 +1,12 @@
 """RTL of the normalization unit, in Amaranth (``pip install 'iterl2norm[rtl]'``).
 
-So far its arithmetic: floating-point multiplier and adder that compute the
-library's bits (:mod:`.fp`), their Verilog with a self-checking testbench and
-test vectors (:mod:`.export`), their synthesis to CMOS gates (:mod:`.synth`)
-and a compiled simulation for millions of vectors (:mod:`.cxxrtl`). See
-docs/HARDWARE.md.
+Floating-point multiplier and adder that compute the library's bits
+(:mod:`.fp`), the exponent-field blocks (:mod:`.expo`), the scalar unit
+(:mod:`.rsqrt_unit`) and the whole normalization unit for the L2 statistics
+(:mod:`.unit`); their Verilog with self-checking testbenches and test vectors
+(:mod:`.export`, :mod:`.export_rsqrt`, :mod:`.export_unit`), their synthesis
+to CMOS gates (:mod:`.synth`) and a compiled simulation for millions of
+vectors (:mod:`.cxxrtl`). See docs/HARDWARE.md.
 """
 
 from .fp import SUPPORTED, FpAdd, FpConvert, FpFormat, FpMul

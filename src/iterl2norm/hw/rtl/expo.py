@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...formats import encode, get_format, round_scalar
 from ...rsqrt import smallest_at_least_sqrt2
-from .fp import FpFormat, Unpacked, delayed, leading_zeros, round_pack, with_specials
+from .fp import FpConvert, FpFormat, Unpacked, delayed, leading_zeros, round_pack, with_specials
 
 __all__ = [
     "CLASSES",
@@ -83,13 +83,32 @@ class _Block(wiring.Component):
 class ExponentSplit(_Block):
     """q -> (qn, j, cls): q = qn * 2**(2j) with qn in [1/2, 2) (subnormal q
     normalized first), and q's class. For q that is not positive and finite,
-    qn = 1 and j = 0 (the library iterates on 1 there and replaces the result)."""
+    qn = 1 and j = 0 (the library iterates on 1 there and replaces the result).
 
-    def __init__(self, fmt, latency: int = 0):
+    ``to``: the format qn leaves in, rounded once (a unit whose sum of squares
+    q is fp32 and whose datapath is bf16; qn may round up to 2 there). Its
+    exponent field must be as wide as ``fmt``'s, so that j fits either."""
+
+    def __init__(self, fmt, latency: int = 0, to=None):
+        try:
+            self.to = FpFormat.of(to if to is not None else fmt)
+            if self.to.ebits != FpFormat.of(fmt).ebits:
+                raise ValueError(
+                    f"the split converts qn between formats with one exponent width; "
+                    f"got {fmt!r} to {to!r}"
+                )
+        except ValueError:
+            self._MustUse__silence = True
+            raise
         super().__init__(
             fmt,
             latency,
-            lambda f: {"q": In(f.width), "qn": Out(f.width), "j": Out(f.exp_shape), "cls": Out(2)},
+            lambda f: {
+                "q": In(f.width),
+                "qn": Out(self.to.width),
+                "j": Out(f.exp_shape),
+                "cls": Out(2),
+            },
         )
 
     def elaborate(self, platform) -> Module:
@@ -115,7 +134,11 @@ class ExponentSplit(_Block):
             m.d.comb += cls.eq(CLASSES["infinity"])
         with m.Else():
             m.d.comb += cls.eq(CLASSES["finite"])
-        one = f.bias << f.mbits
+        if self.to != f:
+            m.submodules.qn_to = convert = FpConvert(f.name, self.to.name)
+            m.d.comb += convert.a.eq(qn)
+            qn = convert.result
+        one = self.to.bias << self.to.mbits
         _registered(
             m,
             self.latency,
@@ -170,8 +193,10 @@ class MantissaStart(_Block):
         threshold = round(smallest_at_least_sqrt2(get_format(f.name)) * (1 << f.mbits)) - (
             1 << f.mbits
         )
-        odd = self.qn[f.mbits : f.mbits + f.ebits] != f.bias  # qn in [1/2, 1)
-        high = self.qn[: f.mbits] >= threshold
+        exponent = self.qn[f.mbits : f.mbits + f.ebits]
+        odd = exponent == f.bias - 1  # qn in [1/2, 1)
+        # qn = 2 (a rounded-up conversion) is above sqrt(2) like the library's.
+        high = (self.qn[: f.mbits] >= threshold) | (exponent == f.bias + 1)
         one = f.bias << f.mbits
         down = constant_bits(math.sqrt(0.5), f)
         up = constant_bits(math.sqrt(2), f)
@@ -215,9 +240,12 @@ class TableLookup(_Block):
         m, f = Module(), self.fmt
         segments = len(self.rom[0])
         bits = segments.bit_length() - 1
-        even = self.qn[f.mbits : f.mbits + f.ebits] == f.bias  # qn in [1, 2)
+        exponent = self.qn[f.mbits : f.mbits + f.ebits]
+        two = exponent == f.bias + 1  # qn = 2: the even row's last segment, as clamped
+        even = (exponent == f.bias) | two  # qn in [1, 2]
+        segment = self.qn[f.mbits - bits : f.mbits] if bits else Const(0, 0)
         index = Signal(bits + 1, name="rom_index")
-        m.d.comb += index.eq(Cat(self.qn[f.mbits - bits : f.mbits] if bits else Const(0, 0), even))
+        m.d.comb += index.eq(Cat(Mux(two, segments - 1, segment)[:bits], even))
         c0, c1 = Signal(f.width, name="rom_c0"), Signal(f.width, name="rom_c1")
         with m.Switch(index):
             for parity, row in enumerate(self.rom):

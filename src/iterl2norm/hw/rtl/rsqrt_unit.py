@@ -118,6 +118,9 @@ class RsqrtUnit(wiring.Component):
         mul_latency, add_latency, exp_latency: cycles of the multiplier, the
             adder and the exponent-field blocks (each >= 1), as in
             :class:`iterl2norm.hw.UnitConfig`.
+        q_fmt: the format q arrives in, when it is not ``fmt`` (a normalization
+            unit's fp32 sum of squares for a bf16 datapath): the exponent
+            split rounds qn to ``fmt`` in the same cycles, as the unit model does.
     """
 
     def __init__(
@@ -128,9 +131,11 @@ class RsqrtUnit(wiring.Component):
         mul_latency: int = 3,
         add_latency: int = 3,
         exp_latency: int = 1,
+        q_fmt=None,
     ):
         try:
             self.fmt = FpFormat.of(fmt)
+            self.q_fmt = FpFormat.of(q_fmt) if q_fmt is not None else self.fmt
             for name, value in (
                 ("mul_latency", mul_latency),
                 ("add_latency", add_latency),
@@ -150,7 +155,9 @@ class RsqrtUnit(wiring.Component):
         )
         self.cycles = self.ready["a"]
         w = self.fmt.width
-        super().__init__({"i": In(stream.Signature(w)), "o": Out(stream.Signature(w))})
+        super().__init__(
+            {"i": In(stream.Signature(self.q_fmt.width)), "o": Out(stream.Signature(w))}
+        )
 
     @classmethod
     def from_settings(
@@ -174,7 +181,7 @@ class RsqrtUnit(wiring.Component):
         m, f = Module(), self.fmt
         lat = self.latencies
         blocks = {
-            "split": ExponentSplit(f.name, lat["exp"]),
+            "split": ExponentSplit(self.q_fmt.name, lat["exp"], to=f.name),
             "mul": FpMul(f.name, lat["mul"]),
             "add": FpAdd(f.name, lat["add"]),
         }

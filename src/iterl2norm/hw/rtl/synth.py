@@ -22,6 +22,15 @@ SCRIPT = (
 )
 
 
+# A design with a buffer: memories stay Yosys $mem cells (reported as bits,
+# apart from the logic) instead of becoming flip-flops and multiplexers.
+SCRIPT_WITH_MEMORIES = (
+    "read_verilog {verilog}; synth -top {top} -flatten -run :fine; opt -fast -full; "
+    "opt -full; techmap; opt -fast; dfflegalize -cell $_DFF_P_ 01; "
+    "abc -g cmos; opt_clean; stat -tech cmos"
+)
+
+
 def yosys_command() -> list[str]:
     """The command that runs the pinned WebAssembly Yosys (arguments follow)."""
     try:
@@ -36,14 +45,18 @@ def yosys_command() -> list[str]:
     ]
 
 
-def synthesize(verilog: str | Path, top: str, log_name: str = "synthesis.log") -> dict:
+def synthesize(
+    verilog: str | Path, top: str, log_name: str = "synthesis.log", memories: bool = False
+) -> dict:
     """Map ``top`` of ``verilog`` to CMOS gates; the full Yosys log goes to
     ``log_name`` beside it (Yosys loses its standard output after ABC, so the
     log is what is read; the WebAssembly Yosys sees only that directory).
-    Returns transistors, NAND2 equivalents, flip-flops, latches and the cells."""
+    Returns transistors, NAND2 equivalents, flip-flops, latches and the cells;
+    with ``memories``, the memories are kept as such (``memories`` in the
+    result counts them; their bits are not in the transistor count)."""
     verilog = Path(verilog)
     log = verilog.parent / log_name
-    script = SCRIPT.format(verilog=verilog.name, top=top)
+    script = (SCRIPT_WITH_MEMORIES if memories else SCRIPT).format(verilog=verilog.name, top=top)
     done = subprocess.run(
         [*yosys_command(), "-q", "-l", log_name, "-p", script],
         cwd=verilog.parent,
@@ -64,5 +77,6 @@ def synthesize(verilog: str | Path, top: str, log_name: str = "synthesis.log") -
         "nand2_equivalents": transistors / 4,
         "flip_flops": sum(n for name, n in cells.items() if name.startswith("DFF")),
         "latches": sum(n for name, n in cells.items() if "LATCH" in name),
+        "memories": sum(int(n) for n in re.findall(r"^\s+(\d+)\s+\$mem_v2\s*$", stats, re.M)),
         "cells": cells,
     }
