@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from ..rsqrt import INITS
@@ -249,6 +250,12 @@ def _whole_unit(args) -> int:
     cfg = get_preset(args.preset)
     if changes:
         cfg = cfg.with_(**changes)
+    if not args.no_synthesis:
+        print(
+            "the synthesis of a whole unit (Yosys, ABC) takes many minutes on one core; "
+            "--no-synthesis skips it",
+            file=sys.stderr,
+        )
     written, report = write_unit(
         args.out,
         cfg,
