@@ -248,3 +248,10 @@ def test_qn_rounded_up_to_two_takes_the_librarys_start(how):
     sim.add_testbench(bench)
     sim.run()
     assert got == want
+
+
+def test_the_scalar_unit_rejects_a_q_format_of_another_exponent_width():
+    from iterl2norm.hw.rtl.rsqrt_unit import RsqrtUnit
+
+    with pytest.raises(ValueError, match="q_fmt='fp32' and fmt='fp16'"):
+        RsqrtUnit("fp16", PRESETS["paper-l2-fp32"].iteration, q_fmt="fp32")

@@ -136,6 +136,11 @@ class RsqrtUnit(wiring.Component):
         try:
             self.fmt = FpFormat.of(fmt)
             self.q_fmt = FpFormat.of(q_fmt) if q_fmt is not None else self.fmt
+            if self.q_fmt.ebits != self.fmt.ebits:
+                raise ValueError(
+                    f"q_fmt={self.q_fmt.name!r} and fmt={self.fmt.name!r} have different "
+                    "exponent widths: j would not fit both"
+                )
             for name, value in (
                 ("mul_latency", mul_latency),
                 ("add_latency", add_latency),
