@@ -312,6 +312,106 @@ def test_the_mixed_reference_is_mpfr(op, fmt):
     assert not mismatched, [(hex(a[i]), hex(b[i]), ours[i], theirs[i]) for i in mismatched[:5]]
 
 
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_a_sum_rounded_once_to_a_narrower_format(tmp_path, fmt):
+    # x - mean in a 16-bit LayerNorm: a 16-bit x and an fp32 mean give a
+    # 16-bit difference, rounded once, as the model's Arithmetic.sub_once.
+    require_compiled_simulation()
+    import gmpy2
+
+    from iterl2norm._arith import Arithmetic
+    from iterl2norm.formats import round_to_format
+    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+
+    binary = compile_operator(FpAdd(fmt, inputs=(fmt, "fp32")), tmp_path)
+    a_special = np.array(special_values(fmt), dtype=np.int64)
+    b_special = np.array(special_values("fp32"), dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64(14))
+    ra, rb = mixed_pairs(fmt, 200_000, 200_000, rng, "fp32")
+    a = np.concatenate([np.repeat(a_special, len(b_special)), ra])
+    b = np.concatenate([np.tile(b_special, len(a_special)), rb])
+    got = torch.from_numpy(evaluate(binary, a, b))
+    va, vb = decode(torch.from_numpy(a), fmt), decode(torch.from_numpy(b), "fp32")
+    model = Arithmetic.resolve(torch.float32, fmt, "fp32").sub_once(
+        va.to(torch.float32), -vb.to(torch.float32)
+    )
+    want = round_to_format(va + vb, fmt)
+    nan = torch.isnan(want)
+    assert torch.isnan(decode(got, fmt))[nan].all() and torch.isnan(model)[nan].all()
+    assert (encode(model.double(), fmt) == encode(want, fmt))[~nan].all()
+    bad = torch.nonzero(~nan & (got != encode(want, fmt))).flatten()[:5].tolist()
+    assert not bad, [f"{a[i]:#x} + {b[i]:#x}: {int(got[i]):#x}" for i in bad]
+    # and the reference is MPFR's sum of the exact operands, rounded once
+    finite = torch.nonzero(~nan & torch.isfinite(want)).flatten()[-3000:].tolist()
+    # (the operands are made outside the narrow context, whose exponent range
+    # would round an fp32 operand)
+    pairs = [(gmpy2.mpfr(va[i].item()), gmpy2.mpfr(vb[i].item())) for i in finite]
+    with mpfr_context(fmt):
+        theirs = [float(x + y) for x, y in pairs]
+    assert want[finite].tolist() == theirs
+
+
+class _Shifted(wiring.Component):
+    """FpMul with an exponent offset seen as an operator for the compiled
+    simulation: b carries the second operand and, above it, the offset."""
+
+    def __init__(self, fmt, inputs, bits):
+        self.mul = FpMul(fmt, inputs=inputs, shift_bits=bits)
+        wa, wb = (w.width for w in self.mul.inputs)
+        self.wb = wb
+        super().__init__({"a": In(wa), "b": In(wb + bits), "result": Out(self.mul.fmt.width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mul = mul = self.mul
+        m.d.comb += [
+            mul.a.eq(self.a),
+            mul.b.eq(self.b[: self.wb]),
+            mul.shift.eq(self.b[self.wb :]),
+            self.result.eq(mul.result),
+        ]
+        return m
+
+
+@pytest.mark.parametrize(
+    ("fmt", "inputs"), [("fp32", ("bf16", "bf16")), ("fp32", None), ("bf16", None), ("fp16", None)]
+)
+def test_a_product_with_an_exponent_offset_rounds_once(tmp_path, fmt, inputs):
+    # (y 2^-k)^2 and y r 2^-(k + j) of the three-pass unit: the offset moves
+    # the product into and out of the subnormal range, rounded once there.
+    require_compiled_simulation()
+    from iterl2norm.formats import ldexp, round_to_format
+    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+
+    bits = 10
+    top = _Shifted(fmt, inputs, bits)
+    fa, fb = (f.name for f in top.mul.inputs)
+    binary = compile_operator(top, tmp_path)
+    rng = np.random.Generator(np.random.PCG64(15))
+    a_special = np.array(special_values(fa), dtype=np.int64)
+    b_special = np.array(special_values(fb), dtype=np.int64)
+    ra, rb = mixed_pairs(fa, 100_000, 100_000, rng, fb)
+    a = np.concatenate([np.repeat(a_special, len(b_special)), ra])
+    b = np.concatenate([np.tile(b_special, len(a_special)), rb])
+    limit = 1 << (bits - 1)
+    shift = rng.integers(-limit, limit, len(a))
+    shift[: len(a) // 2] //= 8  # and many near zero, where most results are normal
+    got = torch.from_numpy(evaluate(binary, a, b | ((shift & (2 * limit - 1)) << top.wb)))
+    va, vb = decode(torch.from_numpy(a), fa), decode(torch.from_numpy(b), fb)
+    want = round_to_format(ldexp(va * vb, torch.from_numpy(shift)), fmt)
+    nan = torch.isnan(want)
+    assert torch.isnan(decode(got, fmt))[nan].all()
+    bad = torch.nonzero(~nan & (got != encode(want, fmt))).flatten()[:5].tolist()
+    assert not bad, [f"{a[i]:#x} * {b[i]:#x} * 2**{shift[i]}: {int(got[i]):#x}" for i in bad]
+    subnormal = (want != 0) & (want.abs() < 2.0 ** FORMATS[fmt].emin)
+    assert subnormal.sum() > 1000  # the offset reached the subnormal range
+
+
+def test_a_sum_needs_a_format_that_holds_the_others():
+    with pytest.raises(ValueError, match="no format of fp16, bf16 and bf16 holds the other two"):
+        FpAdd("fp16", inputs=("bf16", "bf16"))
+
+
 def test_mixed_operands_must_fit_the_result():
     with pytest.raises(ValueError, match="operands of fp32 do not fit a bf16 result"):
         FpMul("bf16", inputs=("fp32", "bf16"))

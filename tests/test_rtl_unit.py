@@ -15,23 +15,45 @@ from rtl_support import needs_icarus
 from iterl2norm.cli import main
 from iterl2norm.formats import decode, round_to_format
 from iterl2norm.hw import PRESETS, UnitConfig, simulate
-from iterl2norm.hw.rtl.export_unit import ROW_KINDS, unit_rows, unit_vectors, write_unit
+from iterl2norm.hw.rtl.export_unit import (
+    ROW_KINDS,
+    unit_params,
+    unit_rows,
+    unit_vectors,
+    write_unit,
+)
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 
 DIMS = (64, 128, 768, 1000, 1024)
-L2_PRESETS = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
+BUILT = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
 
 
-def run_unit(dut, vectors, *, gap_every=0, hold_every=0):
+def run_unit(dut, vectors, *, params=None, gap_every=0, hold_every=0):
     """Stream each (d, bits) vector through the unit: (outputs, cycles) per
-    vector. ``gap_every``: an input bubble every so many cycles;
+    vector. ``params``: per vector, the (sqrt(d) gamma, beta) bits an affine
+    unit loads first. ``gap_every``: an input bubble every so many cycles;
     ``hold_every``: o.ready low every so many cycles (cycles then run long)."""
     p = dut.cfg.lanes
     results = []
 
+    async def load(ctx, d, gamma, beta):
+        chunks = -(-d // p)
+        gamma, beta = (list(v) + [0] * (chunks * p - d) for v in (gamma, beta))
+        for word in range(chunks):
+            lanes = slice(word * p, (word + 1) * p)
+            ctx.set(
+                dut.params.payload, {"first": word == 0, "gamma": gamma[lanes], "beta": beta[lanes]}
+            )
+            ctx.set(dut.params.valid, 1)
+            assert ctx.get(dut.params.ready), "no vector is in the unit: params load"
+            await ctx.tick()
+        ctx.set(dut.params.valid, 0)
+
     async def bench(ctx):
         t = 0
-        for d, bits in vectors:
+        for n, (d, bits) in enumerate(vectors):
+            if params is not None:
+                await load(ctx, d, *params[n])
             chunks = -(-d // p)
             padded = list(bits) + [0] * (chunks * p - d)
             beat, got, t0, t_last = 0, [], None, None
@@ -63,33 +85,48 @@ def run_unit(dut, vectors, *, gap_every=0, hold_every=0):
     return results
 
 
-def check(cfg, dims, count=None, seed=0, **stalls):
-    """Every row kind at each d: the unit's bits are hw.reference's and, when
-    nothing stalls, its cycles hw.simulate's."""
+def check(cfg, dims, count=None, seed=0, per_d=None, **stalls):
+    """Every row kind at each d (or ``per_d`` kinds at each, the next ones
+    at the next d): the unit's bits are hw.reference's and, when nothing
+    stalls, its cycles hw.simulate's."""
     count = count or len(ROW_KINDS)
     dut = NormUnit(cfg)
-    vectors, wanted = [], []
-    for d in dims:
-        bits, want, cycles = unit_vectors(cfg, unit_rows(d, cfg.fmt, count, seed + d))
+    vectors, wanted, params, kinds = [], [], [], []
+    for n, d in enumerate(dims):
+        gamma, beta, stored = unit_params(cfg, d, seed + d) if cfg.affine else (None, None, None)
+        rows = unit_rows(d, cfg.fmt, count, seed + d)
+        picked = list(range(count))
+        if per_d:
+            picked = [(n * per_d + i) % count for i in range(per_d)]
+            rows = rows[picked]
+        kinds += [ROW_KINDS[i] if count == len(ROW_KINDS) else i for i in picked]
+        bits, want, cycles = unit_vectors(cfg, rows, gamma, beta)
         vectors += [(d, row) for row in bits]
         wanted += [(want[r], cycles) for r in range(len(bits))]
-    results = run_unit(dut, vectors, **stalls)
+        params += [stored] * len(bits)
+    results = run_unit(dut, vectors, params=params if cfg.affine else None, **stalls)
     for n, ((got, cycles), (want, want_cycles)) in enumerate(zip(results, wanted, strict=True)):
         nan = torch.isnan(decode(torch.from_numpy(want), cfg.fmt)).numpy()
         got_nan = torch.isnan(decode(torch.from_numpy(got), cfg.fmt)).numpy()
         wrong = np.nonzero(np.where(nan, ~got_nan, got != want))[0]
-        kind = ROW_KINDS[n % count] if count == len(ROW_KINDS) else n
-        assert not len(wrong), (cfg.name, vectors[n][0], kind, wrong[:5])
+        assert not len(wrong), (cfg.name, vectors[n][0], kinds[n], wrong[:5])
         if not stalls:
             assert cycles == want_cycles, (cfg.name, vectors[n][0], cycles, want_cycles)
     return results
 
 
-@pytest.mark.parametrize("name", L2_PRESETS)
-def test_every_l2_preset_at_the_issue_dims(name):
-    # Gaussian, outlier, zero, constant, near-largest, near-smallest, NaN and
-    # inf rows at d = 64, 128, 768, 1000 (not a multiple of P) and 1024.
-    assert len(L2_PRESETS) >= 3
+@pytest.mark.parametrize("name", BUILT)
+def test_every_preset_at_the_issue_dims(name):
+    # d = 64, 128, 768, 1000 (not a multiple of P) and 1024, two row kinds at
+    # each: Gaussian, outlier, zero, constant, near-largest, near-smallest,
+    # NaN and inf rows all pass.
+    assert len(BUILT) >= 5
+    check(PRESETS[name], DIMS, per_d=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILT)
+def test_every_preset_every_row_kind_at_the_issue_dims(name):
     check(PRESETS[name], DIMS)
 
 
@@ -113,6 +150,44 @@ def test_every_l2_preset_at_the_issue_dims(name):
 def test_variants_the_fields_allow(fields):
     cfg = UnitConfig("variant", statistics="l2", affine=False, **{"fmt": "fp32", **fields})
     check(cfg, (64, 200))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # LayerNorm's statistics without its affine part, and RMSNorm-like
+        # l2 with it; 16-bit accumulators; x - mean with a bf16 x and fp32 mean.
+        {"statistics": "two-pass", "affine": False},
+        {"statistics": "l2", "affine": True, "lanes": 8},
+        {"statistics": "two-pass", "affine": True, "fmt": "bf16", "acc_fmt": "bf16"},
+        {"statistics": "two-pass", "affine": True, "fmt": "fp16", "acc_fmt": "fp16", "steps": 3},
+        {"statistics": "two-pass", "affine": True, "fmt": "bf16", "mul_latency": 1},
+    ],
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
+def test_layernorm_variants(fields):
+    cfg = UnitConfig("variant", **{"fmt": "fp32", **fields})
+    check(cfg, (64, 200))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # the paper's LayerNorm statistics: the mean, then (y 2^-k)^2 in pass 2
+        {"statistics": "three-pass", "affine": False},
+        {"statistics": "three-pass", "affine": True, "fmt": "fp16", "acc_fmt": "fp16"},
+        {"statistics": "three-pass", "affine": True, "lanes": 64, "add_latency": 1},
+    ],
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
+def test_three_pass_variants(fields):
+    cfg = UnitConfig("variant", **{"fmt": "fp32", **fields})
+    check(cfg, (64, 200))
+
+
+@pytest.mark.parametrize("name", ["fast-layernorm-bf16", "paper-layernorm-bf16"])
+def test_an_affine_unit_under_stalls_gives_the_same_bits(name):
+    check(PRESETS[name], (100,), count=4, gap_every=3, hold_every=4)
 
 
 def test_stalled_streams_give_the_same_bits():
@@ -150,8 +225,6 @@ def test_a_bad_d_raises_error_and_the_next_vector_runs():
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"statistics": "three-pass"}, "statistics='three-pass'"),
-        ({"affine": True}, "affine=True"),
         ({"method": "exact"}, "method='exact'"),
         ({"mode": "vector"}, "mode='vector'"),
         ({"reduction": "accumulators"}, "reduction='accumulators'"),
@@ -166,8 +239,10 @@ def test_unsupported_fields_are_named(fields, named):
 
 
 @needs_icarus
-def test_the_verilog_passes_its_testbench(tmp_path):
-    write_unit(tmp_path, "fisr-l2-fp32", dims=(64, 1000), vectors=8, synthesis=False)
+@pytest.mark.parametrize("name", ["fisr-l2-fp32", "paper-layernorm-bf16"])
+def test_the_verilog_passes_its_testbench(tmp_path, name):
+    write_unit(tmp_path, name, dims=(64, 1000), vectors=8, synthesis=False)
+    assert (tmp_path / "params.hex").exists() == PRESETS[name].affine
     subprocess.run(
         ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=tmp_path, check=True
     )
@@ -176,13 +251,33 @@ def test_the_verilog_passes_its_testbench(tmp_path):
     ).stdout
     lines = out.strip().splitlines()
     assert lines[-1] == "16 passed, 0 failed", out[-2000:]
-    cycles = {d: simulate(torch.ones(1, d), PRESETS["fisr-l2-fp32"]).cycles for d in (64, 1000)}
+    cycles = {d: simulate(torch.ones(1, d), PRESETS[name]).cycles for d in (64, 1000)}
     assert f"vector 0 d=64 cycles={cycles[64]} ok" in lines
     assert f"vector 15 d=1000 cycles={cycles[1000]} ok" in lines
     # a wrong expectation fails, on the line of its vector
     (tmp_path / "cycles.txt").write_text("1\n" * 16)
     out = subprocess.run(["vvp", "sim"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert out.strip().splitlines()[-1] == "0 passed, 16 failed"
+
+
+@needs_icarus
+def test_the_testbench_loads_your_gamma_and_beta(tmp_path):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "rows.npy", rng.standard_normal((2, 96)))
+    np.save(tmp_path / "gb.npy", np.stack([1 + rng.standard_normal(96), rng.standard_normal(96)]))
+    out = tmp_path / "unit"
+    argv = ["rtl", "unit", "--preset", "fast-layernorm-bf16", "--lanes", "16", "--out", str(out)]
+    argv += ["--inputs", str(tmp_path / "rows.npy"), "--params", str(tmp_path / "gb.npy")]
+    assert main([*argv, "--no-synthesis"]) == 0
+    subprocess.run(
+        ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=out, check=True
+    )
+    run = lambda: subprocess.run(["vvp", "sim"], cwd=out, capture_output=True, text=True).stdout  # noqa: E731
+    assert run().strip().splitlines()[-1] == "2 passed, 0 failed"
+    # other constants give other outputs: the testbench does load them
+    text = (out / "params.hex").read_text().replace("\n3f80 ", "\n4000 ")
+    (out / "params.hex").write_text(text.replace("\n3f", "\n40"))
+    assert run().strip().splitlines()[-1] == "0 passed, 2 failed"
 
 
 def test_the_cli_runs_your_rows(tmp_path, capsys):
@@ -199,9 +294,10 @@ def test_the_cli_runs_your_rows(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--preset", "nope"], "unknown unit preset 'nope'"),
-        (["--preset", "paper-layernorm-bf16"], "does not build statistics='three-pass'"),
+        (["--preset", "sqrt-div-l2-fp32"], "does not build method='exact'"),
         (["--preset", "paper-l2-fp32", "--dims", "32"], "d=32 is outside"),
         (["--preset", "paper-l2-fp32", "--lanes", "3"], "lanes must be a power of two"),
+        (["--preset", "paper-l2-fp32", "--params", "gb.npy"], "--params needs an affine unit"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):

@@ -131,7 +131,18 @@ def add_commands(sub) -> None:
         help="vector lengths (default: 64 128 768 1000 1024)",
     )
     whole.add_argument("--vectors", type=positive_int, default=8, help="vectors per d (default: 8)")
+    whole.add_argument(
+        "--affine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override the preset's affine part (sqrt(d) gamma, beta)",
+    )
     whole.add_argument("--inputs", metavar="ROWS.npy", help="run these rows (n, d) instead")
+    whole.add_argument(
+        "--params",
+        metavar="GAMMA_BETA.npy",
+        help="with --inputs and an affine unit: gamma and beta for the rows, shape (2, d)",
+    )
     whole.add_argument("--seed", type=int, default=0, help="vector seed (default: 0)")
     whole.add_argument("--no-synthesis", action="store_true", help="skip the Yosys gate count")
 
@@ -244,7 +255,7 @@ def _whole_unit(args) -> int:
 
     fields = (
         "lanes mul_latency add_latency exp_latency acc_slots steps fmt acc_fmt statistics "
-        "method init schedule reduction mode"
+        "method init schedule reduction mode affine"
     ).split()
     changes = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     cfg = get_preset(args.preset)
@@ -262,6 +273,7 @@ def _whole_unit(args) -> int:
         dims=args.dims,
         vectors=args.vectors,
         inputs=args.inputs,
+        params=args.params,
         seed=args.seed,
         synthesis=not args.no_synthesis,
     )

@@ -15,11 +15,30 @@ import torch
 from .. import rsqrt, schedules
 from .._arith import Arithmetic
 from .._pipeline import row_exponent
+from ..formats import ldexp
 from .config import UnitConfig, check_d
 
 
 def arithmetic(cfg: UnitConfig) -> Arithmetic:
     return Arithmetic.resolve(torch.float32, cfg.fmt, cfg.acc_fmt)
+
+
+def scaled_product(a: torch.Tensor, b: torch.Tensor, n, rnd, ar: Arithmetic) -> torch.Tensor:
+    """``rnd(a * b * 2**n)``, rounded once: the unit folds a power-of-two
+    scale (the three-pass pre-scale 2^-k, the estimate's 2^-j) into the
+    multiplier's exponent. The operands are datapath values (at most 24
+    significant bits), so their product and its scaling are exact in
+    float64, and the result is rounded once even where it is subnormal."""
+    exact = ldexp(a.to(torch.float64) * b.to(torch.float64), torch.as_tensor(n))
+    return rnd(exact).to(ar.carrier)
+
+
+def scaled_quotient(a: torch.Tensor, b: torch.Tensor, n, ar: Arithmetic) -> torch.Tensor:
+    """``rnd(a * 2**n / b)``, the exact method's division with the scale folded
+    in: a * 2**n is exact in float64, and its float64 quotient rounded to the
+    datapath rounds once (53 >= 2 * 24 + 2 bits)."""
+    exact = ldexp(a.to(torch.float64), torch.as_tensor(n)) / b.to(torch.float64)
+    return ar.rnd(exact).to(ar.carrier)
 
 
 def reduce(values: torch.Tensor, cfg: UnitConfig, ar: Arithmetic) -> torch.Tensor:
@@ -63,7 +82,8 @@ def reduce(values: torch.Tensor, cfg: UnitConfig, ar: Arithmetic) -> torch.Tenso
 
 def statistics(v: torch.Tensor, cfg: UnitConfig, ar: Arithmetic):
     """(y, k, q): the vector to normalize, its pre-scale exponent and
-    q = sum((y 2^-k)^2) as the unit computes them. (rows, d) -> (rows, d), (rows,), (rows,)"""
+    q = sum((y 2^-k)^2), each square rounded once, as the unit computes them.
+    (rows, d) -> (rows, d), (rows,), (rows,)"""
     d = v.shape[-1]
     zero = torch.zeros(v.shape[0], dtype=torch.int64)
     if cfg.statistics == "l2":
@@ -74,9 +94,9 @@ def statistics(v: torch.Tensor, cfg: UnitConfig, ar: Arithmetic):
     y = ar.sub_once(v, mean[:, None])
     if cfg.statistics == "three-pass":
         # The first pass found the largest exponent of x; |y| < 2 max|x|.
+        # The squares are (y 2^-k)^2, the scale folded into the multiplier.
         k = row_exponent(v)[0][:, 0]
-        ys = ar.scale(y, -k[:, None])
-        return y, k, reduce(ar.rnd_acc(ys * ys), cfg, ar)
+        return y, k, reduce(scaled_product(y, y, -2 * k[:, None], ar.rnd_acc, ar), cfg, ar)
     s2 = reduce(ar.rnd_acc(v * v), cfg, ar)  # two-pass: alongside s1
     p = ar.rnd_acc(ar.rnd_acc(s1 * s1) * c)
     return y, zero, ar.rnd_acc(s2 - p)
@@ -105,19 +125,19 @@ def reference(
     q = torch.where(empty | bad, torch.ones_like(q), q)
     j = rsqrt.exponent_split(q)
     qn = ar.rnd(ar.scale(q, -2 * j))[:, None]  # (rows, 1), in [1/2, 2]
-    ys = ar.scale(y, -k[:, None])
-    shift = -j[:, None]
+    # y' = y 2^-k times r 2^-j: one multiply with an exponent offset.
+    shift = -(k + j)[:, None]
     if cfg.mode == "vector":
-        z = ar.rnd(ys * ar.scale(rsqrt.initial_estimate(qn, ar, cfg.init), shift))
+        z = scaled_product(y, rsqrt.initial_estimate(qn, ar, cfg.init), shift, ar.rnd, ar)
         for _ in range(cfg.steps):
             w = reduce(ar.rnd_acc(z * z), cfg, ar)[:, None]
             g = ar.rnd(0.5 * ar.rnd(1.0 - ar.rnd(w)))
             z = ar.rnd(z + ar.rnd(g * z))
         out = z
     elif cfg.method == "exact":
-        out = ar.rnd(ar.scale(ys, shift) / ar.sqrt(qn))
+        out = scaled_quotient(y, ar.sqrt(qn), shift, ar)
     else:
-        out = ar.rnd(ys * ar.scale(estimate(qn, cfg, ar), shift))
+        out = scaled_product(y, estimate(qn, cfg, ar), shift, ar.rnd, ar)
     out = torch.where(empty[:, None], torch.zeros_like(out), out)
     out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
     if cfg.affine:

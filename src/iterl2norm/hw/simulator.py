@@ -23,7 +23,7 @@ from .. import rsqrt
 from .._pipeline import row_exponent
 from ..schedules import start_estimate
 from .config import UnitConfig, check_d
-from .reference import affine_constants, arithmetic
+from .reference import affine_constants, arithmetic, scaled_product, scaled_quotient
 
 
 @dataclass
@@ -234,11 +234,13 @@ def _statistics(m: Machine, v: torch.Tensor, marks: dict):
     mean = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), s1)
     marks["mean"] = mean.ready  # the second pass is "statistics": the sum of squares
 
+    # (y 2^-k)^2: the pre-scale is an exponent offset of the square, rounded once.
+    square = lambda y, k_: scaled_product(y, y, -2 * k_, ar.rnd_acc, ar)  # noqa: E731
     squares = []
     for x in m.read(v, mean.ready):
         y = m.op("lane.sub", "add", ar.sub_once, x, mean)
-        ys = m.free(ar.scale(y.data, -k.data), max(y.ready, k.ready), "exp")
-        squares.append(m.op("lane.sq", "mul", mul_acc, ys, ys))
+        squares.append(m.op("lane.sq", "mul", square, y, k))
+        m.ops["exp"] += 1  # the offset's exponent addition
     return True, k, m.reduce(squares, "sq"), mean
 
 
@@ -268,23 +270,32 @@ def simulate(
     a = _start(m, qn)
     marks["initialization"] = a.ready
 
-    def y_of(xv: Value) -> Value:  # y' = (x - mean) 2^-k, the pre-scale folded into its user
-        y = m.op("lane.sub", "add", ar.sub_once, xv, mean) if centres else xv
-        return m.free(ar.scale(y.data, -k.data), max(y.ready, k.ready))
+    def y_of(xv: Value) -> Value:  # y = x - mean; its pre-scale 2^-k is folded into its user
+        return m.op("lane.sub", "add", ar.sub_once, xv, mean) if centres else xv
+
+    shift = -(k.data + j)  # y' r 2^-j = y r 2^-(k + j): one multiply with an exponent offset
 
     if cfg.mode == "vector":
-        outs = _vector(m, v, y_of, j, a, marks)
+        outs = _vector(m, v, y_of, shift, a, marks)
     elif cfg.method == "exact":
         root = m.op("sqrt", "sqrt", lambda q_: ar.sqrt(q_), qn)
         marks["square root"] = root.ready
         outs = [
-            m.op("lane.div", "div", lambda y_, r_: ar.rnd(ar.scale(y_, -j) / r_), y_of(xv), root)
+            m.op(
+                "lane.div", "div", lambda y_, r_: scaled_quotient(y_, r_, shift, ar), y_of(xv), root
+            )
             for xv in m.read(v, root.ready)
         ]
     else:
         a = _steps(m, qn, a, marks)
         outs = [
-            m.op("lane.mul", "mul", lambda y_, r_: ar.rnd(y_ * ar.scale(r_, -j)), y_of(xv), a)
+            m.op(
+                "lane.mul",
+                "mul",
+                lambda y_, r_: scaled_product(y_, r_, shift, ar.rnd, ar),
+                y_of(xv),
+                a,
+            )
             for xv in m.read(v, a.ready)
         ]
     if cfg.affine:
@@ -347,15 +358,13 @@ def _rounded(ar, kind: str):
     return fn
 
 
-def _vector(m: Machine, v, y_of, j, a0: Value, marks) -> list[Value]:
-    """Vector mode: z_0 = y' a_0 2^-j, then per step |z|^2 and z + g z; each
-    update pass is fused with the next step's squares."""
+def _vector(m: Machine, v, y_of, shift, a0: Value, marks) -> list[Value]:
+    """Vector mode: z_0 = y a_0 2^-(k + j), then per step |z|^2 and z + g z;
+    each update pass is fused with the next step's squares."""
     ar = m.ar
     mul_acc = lambda a, b: ar.rnd_acc(a * b)  # noqa: E731
-    z = [
-        m.op("lane.mul", "mul", lambda y_, a_: ar.rnd(y_ * ar.scale(a_, -j)), y_of(xv), a0)
-        for xv in m.read(v, a0.ready)
-    ]
+    first = lambda y_, a_: scaled_product(y_, a_, shift, ar.rnd, ar)  # noqa: E731
+    z = [m.op("lane.mul", "mul", first, y_of(xv), a0) for xv in m.read(v, a0.ready)]
     for n in range(m.cfg.steps):
         w = m.reduce([m.op("lane.sq", "mul", mul_acc, zi, zi) for zi in z], "sq")
         e = m.op("scalar.add", "add", lambda w_: ar.rnd(1.0 - ar.rnd(w_)), w)

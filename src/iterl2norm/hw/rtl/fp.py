@@ -206,13 +206,22 @@ def _convert(m: Module, src: FpFormat, dst: FpFormat, bits, name: str) -> Signal
     return with_specials(m, dst, x, rounded, f"{name}_{dst.name}")
 
 
-def _operand_formats(fmt: FpFormat, inputs) -> tuple[FpFormat, FpFormat]:
-    """The operands' formats: ``fmt`` unless given, each held by ``fmt``."""
+def _operand_formats(fmt: FpFormat, inputs, narrowing: bool = False) -> tuple[FpFormat, FpFormat]:
+    """The operands' formats: ``fmt`` unless given, each held by ``fmt`` (or,
+    with ``narrowing``, all held by the widest of them and ``fmt``)."""
     if inputs is None:
         return fmt, fmt
     if isinstance(inputs, str) or len(inputs) != 2:
         raise ValueError(f"inputs must be two operand formats, got {inputs!r}")
     formats = tuple(FpFormat.of(i) for i in inputs)
+    if narrowing:
+        work = _widest(fmt, *formats)
+        if work is None:
+            raise ValueError(
+                f"no format of {fmt.name}, {formats[0].name} and {formats[1].name} "
+                "holds the other two"
+            )
+        return formats
     for f in formats:
         if not get_format(fmt.name).holds(get_format(f.name)):
             raise ValueError(
@@ -222,15 +231,25 @@ def _operand_formats(fmt: FpFormat, inputs) -> tuple[FpFormat, FpFormat]:
     return formats
 
 
+def _widest(*formats: FpFormat) -> FpFormat | None:
+    """The one of ``formats`` that holds every other, if there is one."""
+    for f in formats:
+        if all(get_format(f.name).holds(get_format(g.name)) for g in formats):
+            return f
+    return None
+
+
 class _Operator(wiring.Component):
     """a, b -> result after ``latency`` cycles (0: combinational), valid alongside.
     ``inputs``: the operands' formats when they are narrower than the result's
     (16-bit operands into an fp32 accumulator); default the result's."""
 
-    def __init__(self, fmt, latency: int = 0, *, inputs=None):
+    narrowing = False  # whether an operand may be wider than the result
+
+    def __init__(self, fmt, latency: int = 0, *, inputs=None, ports=None):
         try:
             self.fmt = FpFormat.of(fmt)
-            self.inputs = _operand_formats(self.fmt, inputs)
+            self.inputs = _operand_formats(self.fmt, inputs, self.narrowing)
             if not isinstance(latency, int) or isinstance(latency, bool) or latency < 0:
                 raise ValueError(f"latency must be an integer >= 0, got {latency!r}")
         except ValueError:
@@ -245,6 +264,7 @@ class _Operator(wiring.Component):
                 "valid_in": In(1),
                 "result": Out(self.fmt.width),
                 "valid_out": Out(1),
+                **(ports or {}),
             }
         )
 
@@ -262,7 +282,18 @@ class _Operator(wiring.Component):
 
 class FpMul(_Operator):
     """a * b, rounded once (operands of their own formats: the exact product
-    of their significands, rounded to the result's)."""
+    of their significands, rounded to the result's). With ``shift_bits``, a
+    signed port ``shift`` of that width: a * b * 2**shift, still rounded once
+    (a power-of-two pre-scale folded into the exponent, as the unit's
+    three-pass statistics use it)."""
+
+    def __init__(self, fmt, latency: int = 0, *, inputs=None, shift_bits: int | None = None):
+        if shift_bits is not None and (not isinstance(shift_bits, int) or shift_bits < 2):
+            self._MustUse__silence = True
+            raise ValueError(f"shift_bits must be an integer >= 2, got {shift_bits!r}")
+        self.shift_bits = shift_bits
+        ports = {} if shift_bits is None else {"shift": In(signed(shift_bits))}
+        super().__init__(fmt, latency, inputs=inputs, ports=ports)
 
     def core(self, m: Module):
         fmt = self.fmt
@@ -270,8 +301,13 @@ class FpMul(_Operator):
         a, b = Unpacked(m, fa, self.a, "a"), Unpacked(m, fb, self.b, "b")
         sign = a.sign ^ b.sign
         product = Signal(fa.precision + fb.precision, name="product")
-        exp = Signal(fmt.exp_shape, name="pexp")
-        m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp)]
+        width = max(fmt.exp_shape.width, fa.exp_shape.width, fb.exp_shape.width)
+        if self.shift_bits is None:
+            exp = Signal(fmt.exp_shape, name="pexp")
+            m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp)]
+        else:
+            exp = Signal(signed(max(width, self.shift_bits) + 2), name="pexp")
+            m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp + self.shift)]
         rounded = round_pack(m, fmt, sign, exp, product, "r")
         result = Signal(fmt.width, name="mul")
         with m.If(a.is_nan | b.is_nan | (a.is_inf & b.is_zero) | (a.is_zero & b.is_inf)):
@@ -284,11 +320,16 @@ class FpMul(_Operator):
 
 
 class FpAdd(_Operator):
-    """a + b, rounded once (a - b is a + (-b): flip b's sign bit). Narrower
-    operands are first widened to the result's format, exactly."""
+    """a + b, rounded once (a - b is a + (-b): flip b's sign bit). The
+    operands are first widened, exactly, to the widest format of the three;
+    the sum, exact but for a sticky bit, is rounded once to the result's,
+    which may be narrower than an operand (x - mean: a bf16 x and an fp32
+    mean give a bf16 difference)."""
+
+    narrowing = True
 
     def core(self, m: Module):
-        fmt = self.fmt
+        fmt = _widest(self.fmt, *self.inputs)  # the working format
         p = fmt.precision
         wide_a = widen(m, self.inputs[0], fmt, self.a, "a")
         wide_b = widen(m, self.inputs[1], fmt, self.b, "b")
@@ -328,15 +369,16 @@ class FpAdd(_Operator):
         zero_sign = big_sign & small_sign
         sign = Signal(name="sum_sign")
         m.d.comb += sign.eq(Mux(total == 0, zero_sign, big_sign))
-        rounded = round_pack(m, fmt, sign, big_exp - extra, total, "r")
-        result = Signal(fmt.width, name="add")
+        rounded = round_pack(m, self.fmt, sign, big_exp - extra, total, "r")
+        out = self.fmt
+        result = Signal(out.width, name="add")
         opposite_infs = x.is_inf & y.is_inf & (x.sign != y.sign)
         with m.If(x.is_nan | y.is_nan | opposite_infs):
-            m.d.comb += result.eq(fmt.quiet_nan())
+            m.d.comb += result.eq(out.quiet_nan())
         with m.Elif(x.is_inf):
-            m.d.comb += result.eq(fmt.infinity(x.sign))
+            m.d.comb += result.eq(out.infinity(x.sign))
         with m.Elif(y.is_inf):
-            m.d.comb += result.eq(fmt.infinity(y.sign))
+            m.d.comb += result.eq(out.infinity(y.sign))
         with m.Else():
             m.d.comb += result.eq(rounded)
         return result
