@@ -25,7 +25,7 @@ from amaranth.sim import Simulator  # noqa: E402
 from rtl_support import mpfr_context, require_compiled_simulation  # noqa: E402
 
 from iterl2norm.formats import FORMATS, decode, encode  # noqa: E402
-from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpConvert, FpMul  # noqa: E402
+from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpConvert, FpDiv, FpMul  # noqa: E402
 from iterl2norm.hw.rtl.export import (  # noqa: E402
     close_exponent_pairs,
     library_result,
@@ -352,11 +352,12 @@ def test_a_sum_rounded_once_to_a_narrower_format(tmp_path, fmt):
 
 
 class _Shifted(wiring.Component):
-    """FpMul with an exponent offset seen as an operator for the compiled
-    simulation: b carries the second operand and, above it, the offset."""
+    """FpMul (or FpDiv) with an exponent offset seen as an operator for the
+    compiled simulation: b carries the second operand and, above it, the offset."""
 
-    def __init__(self, fmt, inputs, bits):
-        self.mul = FpMul(fmt, inputs=inputs, shift_bits=bits)
+    def __init__(self, fmt, inputs, bits, operator=FpMul):
+        kwargs = {} if inputs is None else {"inputs": inputs}
+        self.mul = operator(fmt, shift_bits=bits, **kwargs)
         wa, wb = (w.width for w in self.mul.inputs)
         self.wb = wb
         super().__init__({"a": In(wa), "b": In(wb + bits), "result": Out(self.mul.fmt.width)})
@@ -405,6 +406,47 @@ def test_a_product_with_an_exponent_offset_rounds_once(tmp_path, fmt, inputs):
     assert not bad, [f"{a[i]:#x} * {b[i]:#x} * 2**{shift[i]}: {int(got[i]):#x}" for i in bad]
     subnormal = (want != 0) & (want.abs() < 2.0 ** FORMATS[fmt].emin)
     assert subnormal.sum() > 1000  # the offset reached the subnormal range
+
+
+@pytest.mark.parametrize("fmt", SUPPORTED)
+def test_a_quotient_with_an_exponent_offset_rounds_once(tmp_path, fmt):
+    # y 2^-(k + j) / sqrt(qn), the exact method's output: every class pair,
+    # random pairs (half with close exponents), offsets into and out of the
+    # subnormal range; float64 holds a * 2**shift, and its quotient rounded
+    # to the format rounds once (53 >= 2 p + 1).
+    require_compiled_simulation()
+    import gmpy2
+
+    from iterl2norm.formats import ldexp, round_to_format
+    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+
+    bits = 10
+    top = _Shifted(fmt, None, bits, FpDiv)
+    binary = compile_operator(top, tmp_path)
+    rng = np.random.Generator(np.random.PCG64(16))
+    special = np.array(special_values(fmt), dtype=np.int64)
+    ra, rb = mixed_pairs(fmt, 100_000, 100_000, rng, fmt)
+    a = np.concatenate([np.repeat(special, len(special)), ra])
+    b = np.concatenate([np.tile(special, len(special)), rb])
+    limit = 1 << (bits - 1)
+    shift = rng.integers(-limit, limit, len(a))
+    shift[: len(a) // 2] //= 8
+    got = torch.from_numpy(evaluate(binary, a, b | ((shift & (2 * limit - 1)) << top.wb)))
+    va, vb = decode(torch.from_numpy(a), fmt), decode(torch.from_numpy(b), fmt)
+    scaled = ldexp(va, torch.from_numpy(shift))
+    want = round_to_format(scaled / vb, fmt)
+    nan = torch.isnan(want)
+    assert torch.isnan(decode(got, fmt))[nan].all()
+    bad = torch.nonzero(~nan & (got != encode(want, fmt))).flatten()[:5].tolist()
+    assert not bad, [f"{a[i]:#x} * 2**{shift[i]} / {b[i]:#x}: {int(got[i]):#x}" for i in bad]
+    subnormal = (want != 0) & (want.abs() < 2.0 ** FORMATS[fmt].emin)
+    assert subnormal.sum() > 1000 and torch.isinf(want).sum() > 1000
+    # and the reference is MPFR's quotient of the exact operands, rounded once
+    finite = torch.nonzero(~nan & torch.isfinite(want) & (vb != 0)).flatten()[-3000:].tolist()
+    pairs = [(gmpy2.mpfr(scaled[i].item()), gmpy2.mpfr(vb[i].item())) for i in finite]
+    with mpfr_context(fmt):
+        theirs = [float(x / y) for x, y in pairs]
+    assert want[finite].tolist() == theirs
 
 
 def test_a_sum_needs_a_format_that_holds_the_others():

@@ -120,7 +120,7 @@ def test_every_preset_at_the_issue_dims(name):
     # d = 64, 128, 768, 1000 (not a multiple of P) and 1024, two row kinds at
     # each: Gaussian, outlier, zero, constant, near-largest, near-smallest,
     # NaN and inf rows all pass.
-    assert len(BUILT) >= 5
+    assert BUILT == list(PRESETS)
     check(PRESETS[name], DIMS, per_d=2)
 
 
@@ -185,6 +185,22 @@ def test_three_pass_variants(fields):
     check(cfg, (64, 200))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # a square root, then a divider per lane, with the LayerNorm forms:
+        # y 2^-(k + j) / sqrt(qn) rounded once, into and out of subnormals
+        {"statistics": "three-pass", "affine": True, "fmt": "bf16", "lanes": 32},
+        {"statistics": "two-pass", "fmt": "fp16", "acc_fmt": "fp16", "div_latency": 3},
+        {"fmt": "bf16", "acc_fmt": "bf16", "lanes": 8, "sqrt_latency": 1, "div_latency": 1},
+    ],
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
+def test_exact_method_variants(fields):
+    cfg = UnitConfig("variant", method="exact", **{"fmt": "fp32", "sqrt_latency": 5, **fields})
+    check(cfg, (64, 200))
+
+
 @pytest.mark.parametrize("name", ["fast-layernorm-bf16", "paper-layernorm-bf16"])
 def test_an_affine_unit_under_stalls_gives_the_same_bits(name):
     check(PRESETS[name], (100,), count=4, gap_every=3, hold_every=4)
@@ -225,7 +241,6 @@ def test_a_bad_d_raises_error_and_the_next_vector_runs():
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"method": "exact"}, "method='exact'"),
         ({"mode": "vector"}, "mode='vector'"),
         ({"reduction": "accumulators"}, "reduction='accumulators'"),
         ({"acc_slots": 2}, "acc_slots=2"),
@@ -239,7 +254,7 @@ def test_unsupported_fields_are_named(fields, named):
 
 
 @needs_icarus
-@pytest.mark.parametrize("name", ["fisr-l2-fp32", "paper-layernorm-bf16"])
+@pytest.mark.parametrize("name", ["fisr-l2-fp32", "paper-layernorm-bf16", "sqrt-div-l2-fp32"])
 def test_the_verilog_passes_its_testbench(tmp_path, name):
     write_unit(tmp_path, name, dims=(64, 1000), vectors=8, synthesis=False)
     assert (tmp_path / "params.hex").exists() == PRESETS[name].affine
@@ -258,6 +273,20 @@ def test_the_verilog_passes_its_testbench(tmp_path, name):
     (tmp_path / "cycles.txt").write_text("1\n" * 16)
     out = subprocess.run(["vvp", "sim"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert out.strip().splitlines()[-1] == "0 passed, 16 failed"
+
+
+@needs_icarus
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILT)
+def test_every_preset_passes_its_testbench_at_the_issue_dims(tmp_path, name):
+    # 8 vectors at each issue d: every row kind once
+    write_unit(tmp_path, name, dims=DIMS, vectors=len(ROW_KINDS), synthesis=False)
+    subprocess.run(
+        ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=tmp_path, check=True
+    )
+    out = subprocess.run(["vvp", "sim"], cwd=tmp_path, capture_output=True, text=True).stdout
+    count = len(DIMS) * len(ROW_KINDS)
+    assert out.strip().splitlines()[-1] == f"{count} passed, 0 failed", out[-2000:]
 
 
 @needs_icarus
@@ -294,7 +323,7 @@ def test_the_cli_runs_your_rows(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--preset", "nope"], "unknown unit preset 'nope'"),
-        (["--preset", "sqrt-div-l2-fp32"], "does not build method='exact'"),
+        (["--preset", "paper-l2-fp32", "--mode", "vector"], "does not build mode='vector'"),
         (["--preset", "paper-l2-fp32", "--dims", "32"], "d=32 is outside"),
         (["--preset", "paper-l2-fp32", "--lanes", "3"], "lanes must be a power of two"),
         (["--preset", "paper-l2-fp32", "--params", "gb.npy"], "--params needs an affine unit"),

@@ -109,6 +109,8 @@ def add_commands(sub) -> None:
         ("mul-latency", positive_int),
         ("add-latency", positive_int),
         ("exp-latency", positive_int),
+        ("sqrt-latency", positive_int),
+        ("div-latency", positive_int),
         ("acc-slots", positive_int),
         ("steps", nonnegative_int),
         ("fmt", str),

@@ -9,6 +9,6 @@ to CMOS gates (:mod:`.synth`) and a compiled simulation for millions of
 vectors (:mod:`.cxxrtl`). See docs/HARDWARE.md.
 """
 
-from .fp import SUPPORTED, FpAdd, FpConvert, FpFormat, FpMul
+from .fp import SUPPORTED, FpAdd, FpConvert, FpDiv, FpFormat, FpMul
 
-__all__ = ["SUPPORTED", "FpAdd", "FpConvert", "FpFormat", "FpMul"]
+__all__ = ["SUPPORTED", "FpAdd", "FpConvert", "FpDiv", "FpFormat", "FpMul"]

@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...formats import Format, get_format
 
-__all__ = ["SUPPORTED", "FpAdd", "FpConvert", "FpFormat", "FpMul"]
+__all__ = ["SUPPORTED", "FpAdd", "FpConvert", "FpDiv", "FpFormat", "FpMul"]
 
 SUPPORTED = ("fp32", "fp16", "bf16")
 
@@ -280,12 +280,11 @@ class _Operator(wiring.Component):
         return m
 
 
-class FpMul(_Operator):
-    """a * b, rounded once (operands of their own formats: the exact product
-    of their significands, rounded to the result's). With ``shift_bits``, a
-    signed port ``shift`` of that width: a * b * 2**shift, still rounded once
-    (a power-of-two pre-scale folded into the exponent, as the unit's
-    three-pass statistics use it)."""
+class _Offset(_Operator):
+    """An operator with, given ``shift_bits``, a signed port ``shift`` of that
+    width: its result times 2**shift, still rounded once (a power-of-two
+    pre-scale folded into the exponent, as the unit's three-pass statistics
+    and its output use it)."""
 
     def __init__(self, fmt, latency: int = 0, *, inputs=None, shift_bits: int | None = None):
         if shift_bits is not None and (not isinstance(shift_bits, int) or shift_bits < 2):
@@ -295,25 +294,85 @@ class FpMul(_Operator):
         ports = {} if shift_bits is None else {"shift": In(signed(shift_bits))}
         super().__init__(fmt, latency, inputs=inputs, ports=ports)
 
+    def _exponent(self, m: Module, name: str, value) -> Signal:
+        """``value``, an exponent, plus the offset when there is one."""
+        if self.shift_bits is None:
+            exp = Signal(self.fmt.exp_shape, name=name)
+            m.d.comb += exp.eq(value)
+        else:
+            fa, fb = self.inputs
+            width = max(self.fmt.exp_shape.width, fa.exp_shape.width, fb.exp_shape.width)
+            exp = Signal(signed(max(width, self.shift_bits) + 2), name=name)
+            m.d.comb += exp.eq(value + self.shift)
+        return exp
+
+
+class FpMul(_Offset):
+    """a * b, rounded once (operands of their own formats: the exact product
+    of their significands, rounded to the result's); with ``shift_bits``,
+    a * b * 2**shift."""
+
     def core(self, m: Module):
         fmt = self.fmt
         fa, fb = self.inputs
         a, b = Unpacked(m, fa, self.a, "a"), Unpacked(m, fb, self.b, "b")
         sign = a.sign ^ b.sign
         product = Signal(fa.precision + fb.precision, name="product")
-        width = max(fmt.exp_shape.width, fa.exp_shape.width, fb.exp_shape.width)
-        if self.shift_bits is None:
-            exp = Signal(fmt.exp_shape, name="pexp")
-            m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp)]
-        else:
-            exp = Signal(signed(max(width, self.shift_bits) + 2), name="pexp")
-            m.d.comb += [product.eq(a.sig * b.sig), exp.eq(a.exp + b.exp + self.shift)]
+        m.d.comb += product.eq(a.sig * b.sig)
+        exp = self._exponent(m, "pexp", a.exp + b.exp)
         rounded = round_pack(m, fmt, sign, exp, product, "r")
         result = Signal(fmt.width, name="mul")
         with m.If(a.is_nan | b.is_nan | (a.is_inf & b.is_zero) | (a.is_zero & b.is_inf)):
             m.d.comb += result.eq(fmt.quiet_nan())
         with m.Elif(a.is_inf | b.is_inf):
             m.d.comb += result.eq(fmt.infinity(sign))
+        with m.Else():
+            m.d.comb += result.eq(rounded)
+        return result
+
+
+class FpDiv(_Offset):
+    """a / b, rounded once (with ``shift_bits``, a * 2**shift / b): the exact
+    method's per-lane divider. Both significands are normalized, subnormals
+    included; restoring division gives p + 3 quotient bits, at least p + 2 of
+    them significant (the quotient of two normalized significands lies in
+    (1/2, 2)), and the remainder a sticky bit, so the one rounding is exact.
+    0/0, inf/inf and NaN operands give NaN; x/0 and inf/x infinities; 0/x and
+    x/inf zeros, signed as the quotient."""
+
+    def __init__(self, fmt, latency: int = 0, *, shift_bits: int | None = None):
+        # Operands of the result's format: their normalized quotient is below 2.
+        super().__init__(fmt, latency, shift_bits=shift_bits)
+
+    def core(self, m: Module):
+        fmt = self.fmt
+        a, b = Unpacked(m, fmt, self.a, "a"), Unpacked(m, fmt, self.b, "b")
+        sign = a.sign ^ b.sign
+        a_lz, b_lz = leading_zeros(m, a.sig, "a_lz"), leading_zeros(m, b.sig, "b_lz")
+        dividend = Signal(fmt.precision, name="dividend")
+        divisor = Signal(fmt.precision, name="divisor")
+        m.d.comb += [dividend.eq(a.sig << a_lz), divisor.eq(b.sig << b_lz)]
+        # Bit by bit from the top: quotient bits of dividend * 2**(n - 1) / divisor;
+        # the partial remainder stays below twice the divisor.
+        n = fmt.precision + 3
+        rem, bits = dividend, []
+        for step in range(n):
+            take = Signal(name=f"q{n - 1 - step}")
+            left = Signal(fmt.precision + 1, name=f"rem{step}")
+            m.d.comb += [take.eq(rem >= divisor), left.eq(Mux(take, rem - divisor, rem))]
+            bits.append(take)
+            rem = left << 1
+        quotient = Cat(*reversed(bits))
+        # value = quotient * 2**-(n - 1) * 2**(a_exp - b_exp), the sticky bit below it
+        exp = self._exponent(m, "qexp", a.exp - a_lz - b.exp + b_lz - n)
+        rounded = round_pack(m, fmt, sign, exp, Cat(rem != 0, quotient), "r")
+        result = Signal(fmt.width, name="div")
+        with m.If(a.is_nan | b.is_nan | (a.is_zero & b.is_zero) | (a.is_inf & b.is_inf)):
+            m.d.comb += result.eq(fmt.quiet_nan())
+        with m.Elif(a.is_inf | b.is_zero):
+            m.d.comb += result.eq(fmt.infinity(sign))
+        with m.Elif(a.is_zero | b.is_inf):
+            m.d.comb += result.eq(Cat(Const(0, fmt.width - 1), sign))
         with m.Else():
             m.d.comb += result.eq(rounded)
         return result

@@ -8,7 +8,8 @@ sum(x^2) in the same pass) and ``"three-pass"`` (the mean and the largest
 exponent k, then sum((y 2^-k)^2) over a second read of the buffer), with or
 without the affine part, in scalar mode,
 with the adder tree and at least ``add_latency`` accumulator slots, the
-methods ``iterl2norm`` (every start, rate and schedule) and ``fisr``, on a
+methods ``iterl2norm`` (every start, rate and schedule), ``fisr`` and
+``exact`` (a square root, then a divider per lane), on a
 datapath whose exponent field is the accumulator's (fp32, bf16 into fp32,
 fp16 or bf16 alone). Other fields raise a ``ValueError`` naming them.
 
@@ -36,11 +37,14 @@ The datapath, as the model (:mod:`iterl2norm.hw.simulator`) issues it:
   to the product's exponent (rounded once), into the second tree and
   accumulator: q.
 - the scale: q enters :class:`~.rsqrt_unit.RsqrtUnit`, which gives
-  r = q^-1/2 = a * 2^-j in the datapath format after the model's cycles.
+  r = q^-1/2 = a * 2^-j in the datapath format after the model's cycles;
+  for the exact method :class:`~.sqrt_unit.SqrtUnit` gives rnd(sqrt(qn))
+  and j after ``exp_latency + sqrt_latency``.
 - the output pass: the buffer is read one word a cycle; centring units
   first form y = x - mean on P adders (rounded once to the datapath
   format), then P lane multipliers form y * r (times 2^-k, three-pass: an
-  exponent addend). Rows whose q is zero get zeros, rows whose q is inf or
+  exponent addend), or, exact method, P dividers y 2^-(k + j) / sqrt(qn)
+  (``div_latency``), each rounded once. Rows whose q is zero get zeros, rows whose q is inf or
   NaN get NaN. An affine unit then multiplies by sqrt(d) gamma and
   adds beta, read from their memories word by word beside the beat.
 
@@ -79,8 +83,9 @@ from amaranth.lib.wiring import In, Out
 from ..._arith import Arithmetic
 from ...formats import encode
 from ..config import D_MAX, D_MIN, UnitConfig, get_preset
-from .fp import FpAdd, FpFormat, FpMul, delayed, leading_zeros, widen
+from .fp import FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
 from .rsqrt_unit import RsqrtUnit
+from .sqrt_unit import SqrtUnit
 
 __all__ = ["NormUnit", "unsupported_fields"]
 
@@ -91,7 +96,7 @@ def unsupported_fields(cfg: UnitConfig) -> list[str]:
     wanted = {
         "statistics": ("l2", "two-pass", "three-pass"),
         "mode": ("scalar",),
-        "method": ("iterl2norm", "fisr"),
+        "method": ("iterl2norm", "fisr", "exact"),
         "reduction": ("tree",),
     }
     for name, allowed in wanted.items():
@@ -204,14 +209,19 @@ class NormUnit(wiring.Component):
             raise
         self.cfg = cfg
         self.fmt, self.acc = FpFormat.of(cfg.fmt), FpFormat.of(cfg.acc_fmt)
-        self.rsqrt = RsqrtUnit(
-            cfg.fmt,
-            cfg.iteration,
-            mul_latency=cfg.mul_latency,
-            add_latency=cfg.add_latency,
-            exp_latency=cfg.exp_latency,
-            q_fmt=cfg.acc_fmt,
-        )
+        if cfg.method == "exact":
+            self.scalar = SqrtUnit(
+                cfg.fmt, cfg.acc_fmt, exp_latency=cfg.exp_latency, sqrt_latency=cfg.sqrt_latency
+            )
+        else:
+            self.scalar = RsqrtUnit(
+                cfg.fmt,
+                cfg.iteration,
+                mul_latency=cfg.mul_latency,
+                add_latency=cfg.add_latency,
+                exp_latency=cfg.exp_latency,
+                q_fmt=cfg.acc_fmt,
+            )
         p, w = cfg.lanes, self.fmt.width
         self.beat = data.StructLayout({"d": range(D_MAX + 1), "x": data.ArrayLayout(w, p)})
         self.out_beat = data.StructLayout({"z": data.ArrayLayout(w, p), "last": 1})
@@ -234,7 +244,9 @@ class NormUnit(wiring.Component):
         p, lm, la = cfg.lanes, cfg.mul_latency, cfg.add_latency
         words = D_MAX // p
         chunk_shape = range(words + 1)
-        m.submodules.rsqrt = rsqrt = self.rsqrt
+        # The scalar unit: r = q^-1/2, or (exact) sqrt(qn) and j.
+        rsqrt = self.scalar
+        m.submodules["sqrt" if cfg.method == "exact" else "rsqrt"] = rsqrt
 
         # Control. loading: pass 1 (beats still to come); busy: a vector is in
         # the unit, from its first beat to its last output.
@@ -375,17 +387,29 @@ class NormUnit(wiring.Component):
                 bad.eq(all_ones),
             ]
 
-        # The output: y r 2^-j (times 2^-k, three-pass) rounded once.
-        if k is None:
-            scale = lambda: FpMul(f.name, 0)  # noqa: E731
+        # The output: y r 2^-j (times 2^-k, three-pass) rounded once, or
+        # (exact) y 2^-(k + j) / sqrt(qn).
+        if cfg.method == "exact":
+            offset = -rsqrt.o.payload.j if k is None else -(k + rsqrt.o.payload.j)
+            bits = max(_shift_bits(f), acc.exp_shape.width) + 1
+
+            def divide():
+                div = FpDiv(f.name, 0, shift_bits=bits)
+                m.d.comb += div.shift.eq(offset)
+                return div
+
+            pipe.stage("divide", divide, lambda lane: rsqrt.o.payload.root, cfg.div_latency)
         else:
+            if k is None:
+                scale = lambda: FpMul(f.name, 0)  # noqa: E731
+            else:
 
-            def scale():
-                mul = FpMul(f.name, 0, shift_bits=_shift_bits(f))
-                m.d.comb += mul.shift.eq(-k)
-                return mul
+                def scale():
+                    mul = FpMul(f.name, 0, shift_bits=_shift_bits(f))
+                    m.d.comb += mul.shift.eq(-k)
+                    return mul
 
-        pipe.stage("scale", scale, lambda lane: rsqrt.o.payload, lm)
+            pipe.stage("scale", scale, lambda lane: rsqrt.o.payload, lm)
         # The rows with no direction get zeros, the non-finite rows NaN (then
         # the affine part, as the model has it).
         nan = Const(f.quiet_nan(), f.width)
