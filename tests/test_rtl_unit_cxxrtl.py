@@ -91,7 +91,9 @@ def test_a_thousand_vectors_of_every_preset(tmp_path, name):
     from iterl2norm.hw.rtl.cxxrtl_unit import compile_unit
 
     cfg = PRESETS[name]
-    binary = compile_unit(NormUnit(cfg), tmp_path)
+    # -O0 here too: 1,000 vectors run in a minute or two at -O0, while -O1's
+    # compile alone takes minutes for a 16- or 32-lane unit.
+    binary = compile_unit(NormUnit(cfg), tmp_path, optimization="-O0")
     chosen = cases(cfg, DIMS, SEEDS)
     bad = mismatches(cfg, chosen, run(binary, cfg, chosen))
     # (d, row kind, seed, first wrong elements, cycles, expected cycles)

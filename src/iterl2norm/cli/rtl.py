@@ -185,6 +185,14 @@ def _row(text: str) -> int:
 
 
 def run(args, argv) -> int:
+    try:
+        return _run(args)
+    except RuntimeError as error:  # a tool (Yosys, a compiler) failed: its log has the rest
+        print(f"iterl2norm: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.part == "exhaustive":
         return _exhaustive(args)
     if args.part in ("rsqrt", "sqrt-divide"):
@@ -265,7 +273,7 @@ def _whole_unit(args) -> int:
         cfg = cfg.with_(**changes)
     if not args.no_synthesis:
         print(
-            "the synthesis of a whole unit (Yosys, ABC) takes many minutes on one core; "
+            "the synthesis of a whole unit (Yosys, ABC) takes minutes on one core; "
             "--no-synthesis skips it",
             file=sys.stderr,
         )
@@ -287,8 +295,13 @@ def _whole_unit(args) -> int:
         gates = report["synthesis"]
         line += (
             f"; {gates['transistors']} transistors ({gates['nand2_equivalents']:g} NAND2), "
-            f"{gates['flip_flops']} flip-flops, {gates['latches']} latches"
+            f"{gates['flip_flops']} flip-flops, {gates['latches']} latches, "
+            f"{sum(gates['memory_bits'].values())} memory bits"
         )
+        blocks = ", ".join(
+            f"{name} {b['nand2_equivalents']:g}" for name, b in gates["blocks"].items()
+        )
+        line += f"\nNAND2 by block: {blocks}"
     print(line)
     print(f"run it: cd {args.out} && iverilog -g2012 -o sim *.v && vvp sim")
     return 0

@@ -328,11 +328,11 @@ def write_unit(
         (out / name).write_text(body)
         written.append(out / name)
     if synthesis:
-        from .synth import synthesize
+        from .unit_synthesis import unit_synthesis
 
-        report["synthesis"] = synthesize(out / f"{TOP}.v", TOP, memories=True)
+        report["synthesis"] = unit_synthesis(out / f"{TOP}.v", TOP)
         report["synthesis"]["buffer_bits"] = unit.buffer_bits
-        written.append(out / "synthesis.log")
+        written += [out / "synthesis_input.v", out / "synthesis.log"]
     name = "synthesis.json" if synthesis else "report.json"
     (out / name).write_text(json.dumps(report, indent=2) + "\n")
     written.append(out / name)
@@ -386,6 +386,9 @@ It prints `vector I d=D cycles=C ok` (or `FAIL`) per vector and
 runs others (`iterl2norm rtl unit --inputs rows.npy{cli_params}` writes them for your rows).
 
 `synthesis.json` (unless `--no-synthesis`): the unit mapped to generic CMOS
-gates by Yosys (the flow of `iterl2norm rtl op`); the vector buffer is
-counted as the memory bits Yosys reports, apart from the logic.
+gates by Yosys module by module (`synthesis_input.v`: this Verilog with
+identical modules merged, each mapped once), with the transistors,
+NAND2 equivalents and flip-flops of each block (lanes, reduction, scalar
+unit, output, control); the memories (the vector buffer, the affine
+constants, the 1/d table) are counted in bits, apart from the logic.
 """
