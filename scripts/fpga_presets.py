@@ -15,16 +15,14 @@ at a time.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from _preset_runs import run_presets
 
-from iterl2norm._env import environment
 from iterl2norm.hw import PRESETS, simulate
 from iterl2norm.hw.rtl.export_unit import write_unit
 from iterl2norm.hw.rtl.fpga import PART, fpga_report
@@ -55,29 +53,21 @@ def main(argv=None) -> int:
     parser.add_argument("--part", default=PART, help=f"ECP5 part (default {PART})")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/fpga_units.json")
     args = parser.parse_args(argv)
-    old = json.loads(args.out.read_text()) if args.out.exists() else {"units": []}
-    units = {u["preset"]: u for u in old["units"]}
-    for n, name in enumerate(args.preset, 1):
-        begin = time.monotonic()
-        print(f"[{n}/{len(args.preset)}] {name}: place and route ...", file=sys.stderr, flush=True)
-        try:
-            units[name] = place(name, args.lanes, args.part)
-        except (RuntimeError, ValueError) as error:
-            print(f"error: {name}: {error}".splitlines()[0], file=sys.stderr)
-            return 1
-        u = units[name]
-        print(
-            f"  {u['luts']} LUT4, {u['flip_flops']} FF, {u['dsp']} DSP, {u['bram']} BRAM, "
-            f"{u['fmax_mhz']} MHz ({time.monotonic() - begin:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        ordered = [units[k] for k in PRESETS if k in units]
-        args.out.write_text(
-            json.dumps({"environment": environment(), "tools": TOOLS, "units": ordered}, indent=1)
-            + "\n"
-        )
-    return 0
+    return run_presets(
+        args.preset,
+        args.out,
+        TOOLS,
+        "place and route",
+        lambda name: place(name, args.lanes, args.part),
+        summary,
+    )
+
+
+def summary(u: dict) -> str:
+    return (
+        f"{u['luts']} LUT4, {u['flip_flops']} FF, {u['dsp']} DSP, {u['bram']} BRAM, "
+        f"{u['fmax_mhz']} MHz ({u['seconds']['synth_ecp5'] + u['seconds']['nextpnr']:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ One to five minutes a preset on one core (Yosys and ABC in WebAssembly).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,8 +20,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from _preset_runs import run_presets
 
-from iterl2norm._env import environment
 from iterl2norm.hw import PRESETS, simulate
 from iterl2norm.hw.rtl.export import verilog
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
@@ -54,28 +53,22 @@ def main(argv=None) -> int:
     parser.add_argument("--lanes", type=int, help="override every preset's lanes")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/rtl_units.json")
     args = parser.parse_args(argv)
-    old = json.loads(args.out.read_text()) if args.out.exists() else {"units": []}
-    units = {u["preset"]: u for u in old["units"]}
-    for n, name in enumerate(args.preset, 1):
-        print(f"[{n}/{len(args.preset)}] {name}: synthesis ...", file=sys.stderr, flush=True)
-        try:
-            units[name] = u = synthesize_preset(name, args.lanes)
-        except (RuntimeError, ValueError) as error:
-            print(f"error: {name}: {error}".splitlines()[0], file=sys.stderr)
-            return 1
-        blocks = ", ".join(f"{b} {v['nand2_equivalents']:g}" for b, v in u["blocks"].items())
-        print(
-            f"  {u['nand2_equivalents']:g} NAND2, {u['flip_flops']} flip-flops, "
-            f"{u['latches']} latches ({blocks}; {u['seconds']} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        ordered = [units[k] for k in PRESETS if k in units]
-        args.out.write_text(
-            json.dumps({"environment": environment(), "tools": TOOLS, "units": ordered}, indent=1)
-            + "\n"
-        )
-    return 0
+    return run_presets(
+        args.preset,
+        args.out,
+        TOOLS,
+        "synthesis",
+        lambda name: synthesize_preset(name, args.lanes),
+        summary,
+    )
+
+
+def summary(u: dict) -> str:
+    blocks = ", ".join(f"{b} {v['nand2_equivalents']:g}" for b, v in u["blocks"].items())
+    return (
+        f"{u['nand2_equivalents']:g} NAND2, {u['flip_flops']} flip-flops, "
+        f"{u['latches']} latches ({blocks}; {u['seconds']} s)"
+    )
 
 
 if __name__ == "__main__":
