@@ -32,13 +32,32 @@ from .formats import FORMATS, Format, get_format, ldexp, round_scalar, round_to_
 _FP32, _FP64 = FORMATS["fp32"], FORMATS["fp64"]
 
 
+@torch.library.custom_op("iterl2norm::cast_round", mutates_args=(), device_types="cpu")
+def cast_round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded to ``dtype`` by torch's cast, in ``x``'s dtype.
+
+    An operator, for torch.compile: Inductor drops a down-and-up cast pair as
+    a loss of precision it need not keep (unless emulate_precision_casts is
+    set), which would silently skip the emulation's rounding. Eager calls do
+    the casts directly."""
+    return x.to(dtype).to(x.dtype)
+
+
+@cast_round.register_fake
+def _(x, dtype):
+    return torch.empty_like(x)
+
+
 def _round_ste(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     # Rounding has zero derivative almost everywhere; pass gradients straight
     # through so the emulated path can still be differentiated (as in QAT).
     if x.dtype == torch.float64:
         r = round_to_format(x.detach(), fmt)
     elif fmt.bits < 32:  # float32 carrier: torch's cast rounds once, nearest even
-        r = x.detach().to(fmt.torch_dtype).to(x.dtype)
+        if torch.compiler.is_compiling():
+            r = cast_round(x.detach(), fmt.torch_dtype)
+        else:
+            r = x.detach().to(fmt.torch_dtype).to(x.dtype)
     else:  # a float32 value is already one of float32's
         return x
     if x.requires_grad:
@@ -52,6 +71,12 @@ def _fits_float32_carrier(fmt: Format, acc: Format) -> bool:
     return (
         fmt.bits <= 16 and _FP32.holds(acc) and all(f.torch_dtype is not None for f in (fmt, acc))
     )
+
+
+def native_carrier(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the native path computes an input of ``dtype`` in: float64
+    for float64, else float32 (PyTorch's "opmath" for 16-bit inputs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass(frozen=True)
@@ -89,7 +114,7 @@ class Arithmetic:
                     "accumulates in its own compute dtype"
                 )
             native = _FP64 if dtype == torch.float64 else _FP32
-            return cls(native, native, getattr(torch, native.torch_dtype_name), False)
+            return cls(native, native, native_carrier(dtype), False)
         fmt = get_format(fmt)
         acc = get_format(acc_fmt) if acc_fmt is not None else (_FP32 if fmt.bits <= 16 else fmt)
         if not acc.holds(fmt):

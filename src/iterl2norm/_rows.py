@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from functools import partial
@@ -19,9 +20,8 @@ from functools import partial
 import torch
 
 from . import _fused, schedules
-from ._arith import Arithmetic
+from ._arith import Arithmetic, native_carrier
 from ._pipeline import (
-    eps_exponent_floor,
     normalize_scalar,
     normalize_vector,
     row_exponent,
@@ -43,19 +43,21 @@ def check_acc_capacity(ar: Arithmetic, d: int) -> None:
 def run_rows(
     x,
     dim,
-    fmt,
-    acc_fmt,
+    arithmetic: Callable[[torch.dtype], Arithmetic],
     compute: Callable[[torch.Tensor, Arithmetic], torch.Tensor],
     fused: Callable | None = None,
 ):
     """Validate, move ``dim`` last, resolve the arithmetic, run, and restore.
 
-    ``fused(rows, ar)`` may compute the result with a compiled kernel from the
-    (..., d) input as it is; it returns None where it does not apply.
+    ``arithmetic(dtype)`` gives the policy for the input's dtype
+    (:meth:`Arithmetic.resolve` with the caller's formats, or
+    :meth:`IterSettings.arithmetic`). ``fused(rows, ar)`` may compute the
+    result with a compiled kernel from the (..., d) input as it is; it
+    returns None where it does not apply.
     """
     t, restore = as_tensor(x)
     dim = check_dim(t, dim)
-    ar = Arithmetic.resolve(t.dtype, fmt, acc_fmt)
+    ar = arithmetic(t.dtype)
     moved = t.movedim(dim, -1)  # (..., d)
     check_acc_capacity(ar, moved.shape[-1])
     out = fused(moved, ar) if fused is not None and moved.numel() else None
@@ -70,31 +72,21 @@ def fused_rows(
     settings: IterSettings,
     *,
     center: bool = False,
-    inv_d: Fraction | int = 1,
+    mean: bool = False,
     eps: float = 0.0,
     weight=None,
     bias=None,
 ) -> Callable:
-    """``fused`` for :func:`run_rows`: the compiled kernels where they apply."""
+    """``fused`` for :func:`run_rows`: the compiled kernels where they apply.
+    ``mean``: normalize by the mean of the squares (inv_d = 1/d), else their sum."""
 
     def run(moved: torch.Tensor, ar: Arithmetic):
         rows = moved if moved.dim() == 2 else moved.reshape(-1, moved.shape[-1])
+        kw = {"center": center, "mean": mean, "eps": eps, "weight": weight, "bias": bias}
         if _fused.native_ok(moved, settings):
-            out = _fused.native(
-                rows, settings, center=center, inv_d=float(inv_d), eps=eps, weight=weight, bias=bias
-            )
+            out = _fused.native(rows, settings, **kw)
         elif _fused.emulated_ok(moved, settings, ar, weight, bias):
-            out = _fused.emulated(
-                rows,
-                settings,
-                ar,
-                center=center,
-                inv_d=ar.const_acc(inv_d),
-                eps=eps,
-                eps_floor=eps_exponent_floor(eps) if eps > 0 else 0,
-                weight=weight,
-                bias=bias,
-            )
+            out = _fused.emulated(rows, settings, ar, **kw)
         else:
             return None
         return out if out.dim() == moved.dim() else out.view(moved.shape)
@@ -149,22 +141,41 @@ def _param(p, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
     return p
 
 
+# 1/d, exactly, by d. torch.compile cannot trace making a Fraction: the
+# constant function makes it at trace time, and the trace looks it up here.
+_ONE_OVER: dict[int, Fraction] = {}
+
+
+@torch.compiler.assume_constant_result
+def _one_over_key(d: int) -> int:
+    if d not in _ONE_OVER:
+        _ONE_OVER[d] = Fraction(1, d)
+    return d
+
+
+def one_over(d: int) -> Fraction:
+    """``Fraction(1, d)``."""
+    # operator.index makes a symbolic d (a traced dynamic shape) concrete, so
+    # the graph is specialized to it, as the exact constant 1/d requires.
+    return _ONE_OVER[_one_over_key(operator.index(d))]
+
+
 def norm_rows(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, center: bool):
     """LayerNorm (``center``) or RMSNorm over the trailing ``normalized_shape``."""
     t, restore = as_tensor(x)
     shape = _shape(t, normalized_shape)
-    ar = Arithmetic.resolve(t.dtype, settings.fmt, settings.acc_fmt)
+    ar = settings.arithmetic(t.dtype)
     weight, bias = _param(weight, "weight", shape), _param(bias, "bias", shape)
     d = math.prod(shape)
     rows = t if len(shape) == 1 else t.reshape(*t.shape[: t.dim() - len(shape)], d)  # (..., d)
     check_acc_capacity(ar, d)
-    inv_d = Fraction(1, d)  # rounded once, exactly, wherever it is used
     if rows.numel():
-        fused = fused_rows(settings, center=center, inv_d=inv_d, eps=eps, weight=weight, bias=bias)(
+        fused = fused_rows(settings, center=center, mean=True, eps=eps, weight=weight, bias=bias)(
             rows, ar
         )
         if fused is not None:
             return restore(fused.view_as(t), ar.fmt if ar.emulated else None)
+    inv_d = one_over(d)  # rounded once, exactly, wherever it is used
     # flat carrier tensors of datapath values
     w = None if weight is None else ar.quantize(weight.reshape(-1))
     b = None if bias is None else ar.quantize(bias.reshape(-1))
@@ -217,5 +228,5 @@ def rms_norm(x, normalized_shape, weight, eps, settings: IterSettings):
         # torch takes the epsilon of the dtype it computes in: float32 for
         # 16-bit inputs (whose own epsilon would swamp small activations).
         t, _ = as_tensor(x)
-        eps = torch.finfo(Arithmetic.resolve(t.dtype).carrier).eps
+        eps = torch.finfo(native_carrier(t.dtype)).eps
     return norm_rows(x, normalized_shape, weight, None, _check_eps(eps), settings, center=False)

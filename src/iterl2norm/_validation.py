@@ -11,11 +11,12 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
+from . import _fused
 from ._arith import Arithmetic
 from .formats import FORMATS, Format, get_format
 from .rsqrt import INITS
@@ -118,15 +119,37 @@ class IterSettings:
                 )
         fmt = optional_format(self.fmt, "fmt")
         acc = optional_format(self.acc_fmt, "acc_fmt")
-        Arithmetic.resolve(torch.float32, fmt, acc)  # checks the pair, so modules fail early
+        # Resolving checks the pair, so modules fail early. Inputs of any dtype
+        # but float64 share one policy (fmt or float32); float64 computes in
+        # float64 natively.
+        ar = Arithmetic.resolve(torch.float32, fmt, acc)
+        ar64 = Arithmetic.resolve(torch.float64, fmt, acc)
         for name, value in (
             ("steps", steps),
             ("update_rate", rate),
             ("fmt", fmt),
             ("acc_fmt", acc),
             ("schedule", schedule),
+            ("_arithmetic", ar),
+            ("_arithmetic64", ar64),
         ):
             object.__setattr__(self, name, value)
+        # Everything a call derives from the settings is computed here, once,
+        # outside any torch.compile trace: a traced call only reads attributes
+        # (a cached_property computed inside a trace is a graph break).
+        self.iteration  # noqa: B018
+        self.kernel_iteration  # noqa: B018
+
+    # Pickled as the fields alone: the derived attributes (the resolved
+    # arithmetic, the kernels' iteration) are remade on loading, for this
+    # version of the package and the kernels this install has.
+    def __getstate__(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict) -> None:
+        for name in (f.name for f in fields(self)):
+            object.__setattr__(self, name, state[name])
+        self.__post_init__()
 
     @property
     def rates(self) -> tuple[float, ...]:
@@ -141,6 +164,17 @@ class IterSettings:
         if self.schedule is not None:
             return schedule_iteration(self.schedule, self.steps)
         return euler_iteration(self.init, self.rates)
+
+    @functools.cached_property
+    def kernel_iteration(self) -> _fused.KernelIteration | None:
+        """The iteration as the compiled kernels take it, its constants rounded
+        to the datapath (float32 natively, else ``fmt``); None where no kernel
+        runs these settings."""
+        return _fused.kernel_iteration(self, self._arithmetic)
+
+    def arithmetic(self, dtype: torch.dtype) -> Arithmetic:
+        """``Arithmetic.resolve(dtype, fmt, acc_fmt)``, resolved at construction."""
+        return self._arithmetic64 if dtype == torch.float64 else self._arithmetic
 
 
 # typed: steps=True must not find the entry of steps=1 (bool is rejected).
@@ -157,11 +191,33 @@ def iter_settings(steps, update_rate, init, mode, fmt, acc_fmt, schedule) -> Ite
     if isinstance(update_rate, list):
         update_rate = tuple(update_rate)
     args = (steps, update_rate, init, mode, fmt, acc_fmt, schedule)
+    if torch.compiler.is_compiling():
+        return _TRACED[_traced_settings_id(*args)]
+    return _settings(args)
+
+
+def _settings(args: tuple) -> IterSettings:
     try:
         hash(args)
     except TypeError:
         return IterSettings(*args)
     return _settings_memo(*args)
+
+
+# Under torch.compile the validation runs as plain Python at trace time, not
+# traced (Dynamo would trace IterSettings and warn that it ignores the
+# lru_cache): _traced_settings_id's result enters the graph as a constant. The
+# arguments are the call's constants, so the result is too. A trace cannot be
+# handed the settings object itself (Dynamo cannot guard an object made outside
+# its view), so it gets an int and looks the settings up in _TRACED, which it can.
+_TRACED: dict[int, IterSettings] = {}
+
+
+@torch.compiler.assume_constant_result
+def _traced_settings_id(*args) -> int:
+    settings = _settings(args)
+    _TRACED[id(settings)] = settings  # held, so the id stays this object's
+    return id(settings)
 
 
 Restore = Callable[[torch.Tensor, "Format | None"], "torch.Tensor | np.ndarray"]

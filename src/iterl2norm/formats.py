@@ -67,6 +67,13 @@ class Format:
     saturate: bool
     torch_dtype_name: str | None = None
 
+    def __post_init__(self):
+        # Fill the derived constants now: torch.compile reads a filled
+        # cached_property as an attribute, but computing one inside a trace
+        # (it takes a lock) is a graph break.
+        for name in _DERIVED:
+            getattr(self, name)
+
     @cached_property
     def bits(self) -> int:
         """Total width of one encoding: sign, exponent and fraction."""
@@ -122,6 +129,9 @@ class Format:
 
     def __repr__(self) -> str:
         return f"Format({self.name!r}, e{self.exponent_bits}m{self.mantissa_bits})"
+
+
+_DERIVED = [name for name, value in vars(Format).items() if isinstance(value, cached_property)]
 
 
 FORMATS: dict[str, Format] = {
@@ -316,6 +326,9 @@ def decode(bits: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     return torch.where(sign == 1, -value, value)
 
 
+# A number in, a number out: under torch.compile it runs at trace time and its
+# result is a constant of the graph (traced, its .item() would break the graph).
+@torch.compiler.assume_constant_result
 def round_scalar(value: float | Fraction, fmt: str | Format) -> float:
     """:func:`round_to_format` for one number, rounded once even from a Fraction.
 

@@ -98,11 +98,16 @@ def iterl2norm(
     return run_rows(
         x,
         dim,
-        settings.fmt,
-        settings.acc_fmt,
+        settings.arithmetic,
         lambda v, ar: iterate(v, ar, settings),
         fused_rows(settings),
     )
+
+
+def _arithmetic(fmt, acc_fmt):
+    """``arithmetic`` for run_rows: the checked formats, resolved for the input's dtype."""
+    fmt, acc_fmt = optional_format(fmt, "fmt"), optional_format(acc_fmt, "acc_fmt")
+    return partial(Arithmetic.resolve, fmt=fmt, acc_fmt=acc_fmt)
 
 
 def exact_normalize(x, dim: int = -1, *, fmt=None, acc_fmt=None):
@@ -117,8 +122,7 @@ def exact_normalize(x, dim: int = -1, *, fmt=None, acc_fmt=None):
     return run_rows(
         x,
         dim,
-        optional_format(fmt, "fmt"),
-        optional_format(acc_fmt, "acc_fmt"),
+        _arithmetic(fmt, acc_fmt),
         lambda v, ar: divide_output(front_end(v, ar), ar),
     )
 
@@ -169,9 +173,7 @@ def fisr_normalize(
         estimate = partial(rsqrt.fisr, steps=steps, magic=_check_magic(magic, ar))
         return normalize_scalar(v, ar, estimate)
 
-    return run_rows(
-        x, dim, optional_format(fmt, "fmt"), optional_format(acc_fmt, "acc_fmt"), compute
-    )
+    return run_rows(x, dim, _arithmetic(fmt, acc_fmt), compute)
 
 
 def invsqrt2_normalize(x, dim: int = -1, *, steps: int = 2, fmt=None, acc_fmt=None):
@@ -191,8 +193,7 @@ def invsqrt2_normalize(x, dim: int = -1, *, steps: int = 2, fmt=None, acc_fmt=No
     return run_rows(
         x,
         dim,
-        optional_format(fmt, "fmt"),
-        optional_format(acc_fmt, "acc_fmt"),
+        _arithmetic(fmt, acc_fmt),
         lambda v, ar: normalize_scalar(v, ar, partial(rsqrt.invsqrt2, steps=steps)),
     )
 
@@ -213,8 +214,7 @@ def sqrt23_normalize(x, dim: int = -1, *, steps: int = 2, fmt=None, acc_fmt=None
     return run_rows(
         x,
         dim,
-        optional_format(fmt, "fmt"),
-        optional_format(acc_fmt, "acc_fmt"),
+        _arithmetic(fmt, acc_fmt),
         lambda v, ar: normalize_scalar(v, ar, partial(rsqrt.sqrt23, steps=steps)),
     )
 
