@@ -74,11 +74,14 @@ def test_info_says_whether_the_kernels_run(capsys, monkeypatch):
     if _fused._kernels is None:
         assert facts["kernels"] == "none" and facts["isa"] is None
     else:
-        assert facts["kernels"] == "compiled" and facts["isa"] in facts["supported_isas"]
+        assert facts["kernels"] == _fused.KERNELS and facts["kernels"] in ("compiled", "jit")
+        assert facts["isa"] in facts["supported_isas"]
     monkeypatch.setattr(_fused, "_kernels", None)  # as an install without them
+    monkeypatch.setattr(_fused, "WHY_NOT", "ITERL2NORM_JIT=0")
     assert main(["info"]) == 0
     text = capsys.readouterr().out
-    assert "kernels" in text and "none (the torch paths run: rebuild with `make install`)" in text
+    assert "kernels         none: the torch paths run, up to 100x slower" in text
+    assert "why_not         ITERL2NORM_JIT=0" in text
 
 
 def test_info_reports_a_bad_isa_in_one_line(capsys, monkeypatch):

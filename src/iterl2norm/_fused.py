@@ -38,10 +38,17 @@ from .rsqrt import smallest_at_least_sqrt2
 if TYPE_CHECKING:
     from ._validation import IterSettings
 
+# How the kernels came: built with the package ("compiled"), on first use
+# into a cache ("jit", see _jit), or not at all ("none", and why not).
 try:
     from . import _kernels
-except ImportError:  # installed without the compiled kernels
-    _kernels = None
+except ImportError:  # installed without them, or built for another torch
+    from . import _jit
+
+    _kernels, _how = _jit.load()
+    KERNELS, WHY_NOT = ("jit", None) if _kernels is not None else ("none", _how)
+else:
+    KERNELS, WHY_NOT = "compiled", None
 
 ENABLED = True  # tests switch the kernels off to exercise the torch paths
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -96,11 +103,12 @@ def disabled(off: bool = True) -> Iterator[None]:
 
 
 def status() -> dict:
-    """How the kernels came (``"compiled"``: built with the package, or
-    ``"none"``), the instruction-set variant in use and the ones this CPU runs."""
+    """How the kernels came (``"compiled"``: built with the package; ``"jit"``:
+    built on first use; ``"none"``, with why not), the instruction-set variant
+    in use and the ones this CPU runs."""
     if _kernels is None:
-        return {"kernels": "none", "isa": None, "supported_isas": []}
-    return {"kernels": "compiled", "isa": isa(), "supported_isas": list(_kernels.supported_isas())}
+        return {"kernels": "none", "why_not": WHY_NOT, "isa": None, "supported_isas": []}
+    return {"kernels": KERNELS, "isa": isa(), "supported_isas": list(_kernels.supported_isas())}
 
 
 def available() -> bool:

@@ -44,7 +44,14 @@ def run(args, argv) -> int:
     for key, value in facts.items():
         if isinstance(value, list):
             value = ", ".join(value) if value else "-"
-        if key == "kernels" and value == "none":
-            value = "none (the torch paths run: rebuild with `make install`)"
+        if key == "kernels":
+            value = {
+                "compiled": "compiled (built with the package)",
+                "jit": "jit (built on first use, cached)",
+                "none": "none: the torch paths run, up to 100x slower "
+                "(a C++ compiler lets the first import build them)",
+            }[value]
+        if key == "why_not" and value is None:
+            continue
         print(f"{key:<{width}}  {value}")
     return 0
