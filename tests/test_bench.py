@@ -72,7 +72,7 @@ def test_full_plan_times_torch_ops_and_the_call_cost_in_rounds_of_their_own():
         "iterl2norm",
         "iterl2norm fmt=bf16 (torch ops)",
     }
-    assert by_case["call"] == {"F.layer_norm", "layer_norm"}
+    assert by_case["call"] == {"F.layer_norm", "layer_norm", "rms_norm"}
     assert by_case["page_faults"] == {"fill_ reused tensor", "fill_ fresh tensor"}
     rounds = {(r.case, r.rounds) for r in rows}
     assert ("forward", 2 * plan.rounds + 1) in rounds and ("backward", plan.rounds) in rounds
@@ -105,3 +105,11 @@ def test_cli_rejects_a_missing_output_directory(capsys):
     assert main(["bench", "--quick", "--csv", "/nonexistent/dir/results.csv"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_a_compiled_modules_first_call_is_measured_in_a_fresh_interpreter():
+    rows = {r.method: r for r in bench.compiled_first_call()}
+    first = rows["compiled IterRMSNorm first call"]
+    assert first.reference == "compiled IterRMSNorm second call"
+    assert first.ratio > 10  # the trace and code generation, against a kernel call

@@ -214,6 +214,39 @@ def test_native_kernel_without_autograd_gives_the_same_bits():
         assert same(rms_norm(x, (96,), w), rms_norm(x, (96,), w.detach()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_short_call_path_is_taken_and_gives_the_general_paths_bits(dtype, monkeypatch):
+    # The common eager call (contiguous, last dim, nothing needing a gradient)
+    # goes straight to the kernel; anything else takes the general path, with
+    # the same bits.
+    from iterl2norm import IterLayerNorm, _rows
+
+    x = rows(dtype, 96).reshape(2, -1, 96)
+    w = torch.linspace(0.5, 1.5, 96)
+    b = torch.linspace(-0.1, 0.1, 96)
+    general = {
+        "layer_norm": layer_norm(x, [96], w, b),  # a list: not the short path
+        "rms_norm": rms_norm(x, [96], w),
+        "module": layer_norm(x, [96], w.to(dtype), b.to(dtype), 1e-5).to(dtype),
+    }
+    module = IterLayerNorm(96, dtype=dtype)
+    with torch.no_grad():
+        module.weight.copy_(w)
+        module.bias.copy_(b)
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(_rows, "norm_rows", general_path)
+    short = {"layer_norm": layer_norm(x, (96,), w, b), "rms_norm": rms_norm(x, 96, w)}
+    with torch.no_grad():
+        short["module"] = module(x)
+    for name, out in short.items():
+        assert same(out, general[name]), name
+    with pytest.raises(AssertionError, match="general path"):
+        layer_norm(x.transpose(0, 1), (96,), w, b)  # not contiguous
+
+
 @pytest.mark.parametrize("magnitude", [2e38, 1e37, 1e-37, 1e-44])
 def test_native_kernel_rows_at_the_ends_of_float_range(magnitude):
     # Scales near 2^-126 (huge rows) or beyond 2^126 (tiny rows) leave float's

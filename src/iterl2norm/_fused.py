@@ -450,6 +450,58 @@ class _NativeNorm(torch.autograd.Function):
         return _native_grads(ctx, grad, _native_backward_impl)
 
 
+def native_scalar(settings: IterSettings):
+    """The kernels' ``Iteration`` for native settings (``fmt`` None), or None;
+    IterSettings holds it (:attr:`IterSettings.native_scalar`) for
+    :func:`native_call`."""
+    iteration = settings.kernel_iteration
+    if iteration is None or settings.fmt is not None:
+        return None
+    return _scalar(*iteration)
+
+
+def native_call(x, normalized_shape, weight, bias, eps: float, settings: IterSettings, center):
+    """LayerNorm (``center``) or RMSNorm by the native kernel, for the common
+    eager call, checked in a few attribute reads: a contiguous CPU tensor of
+    float32, bfloat16 or float16, normalized over its last dimension, weight
+    and bias None or tensors of that length, nothing that needs a gradient.
+    Returns None where any check fails: the general path then runs, and
+    raises where it should. Small calls are dominated by this overhead."""
+    if torch.compiler.is_compiling():
+        return None
+    scalar = settings.native_scalar
+    if scalar is None or not ENABLED or not _isa_applied or type(x) is not torch.Tensor:
+        return None
+    if x.dtype not in _FAST_DTYPES or not x.is_cpu or x.dim() == 0 or not x.is_contiguous():
+        return None
+    d = x.shape[-1]
+    if not (
+        normalized_shape == d
+        if type(normalized_shape) is int
+        else type(normalized_shape) in (tuple, torch.Size)
+        and len(normalized_shape) == 1
+        and type(normalized_shape[0]) is int
+        and normalized_shape[0] == d
+    ):
+        return None
+    for p in (weight, bias):
+        if p is not None and (type(p) not in (torch.Tensor, torch.nn.Parameter) or p.shape != (d,)):
+            return None
+        if p is not None and (not p.is_cpu or (p.requires_grad and torch.is_grad_enabled())):
+            return None
+    if (x.requires_grad and torch.is_grad_enabled()) or x.numel() == 0:
+        return None
+    # Views only where the input is not already (rows, d): a view costs about
+    # as much as a fifth of the kernel on a small call.
+    rows = x if x.dim() == 2 else x.view(-1, d)
+    w, b = (
+        p if p is None or (p.dtype == torch.float32 and p.is_contiguous()) else _as_float(p)
+        for p in (weight, bias)
+    )  # as the kernel reads them, without _as_float's detach (nothing needs a gradient)
+    out, _, _ = _kernels.native_forward(rows, w, b, center, 1.0 / d, eps, scalar)
+    return out if x.dim() == 2 else out.view(x.shape)
+
+
 def native(
     x2d: torch.Tensor,
     settings: IterSettings,

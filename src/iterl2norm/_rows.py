@@ -219,7 +219,11 @@ def _check_eps(eps) -> float:
 
 def layer_norm(x, normalized_shape, weight, bias, eps, settings: IterSettings):
     """:func:`iterl2norm.layer_norm` with validated settings."""
-    return norm_rows(x, normalized_shape, weight, bias, _check_eps(eps), settings, center=True)
+    eps = _check_eps(eps)
+    out = _fused.native_call(x, normalized_shape, weight, bias, eps, settings, center=True)
+    if out is not None:
+        return out
+    return norm_rows(x, normalized_shape, weight, bias, eps, settings, center=True)
 
 
 def rms_norm(x, normalized_shape, weight, eps, settings: IterSettings):
@@ -229,4 +233,8 @@ def rms_norm(x, normalized_shape, weight, eps, settings: IterSettings):
         # 16-bit inputs (whose own epsilon would swamp small activations).
         t, _ = as_tensor(x)
         eps = torch.finfo(native_carrier(t.dtype)).eps
-    return norm_rows(x, normalized_shape, weight, None, _check_eps(eps), settings, center=False)
+    eps = _check_eps(eps)
+    out = _fused.native_call(x, normalized_shape, weight, None, eps, settings, center=False)
+    if out is not None:
+        return out
+    return norm_rows(x, normalized_shape, weight, None, eps, settings, center=False)

@@ -139,6 +139,7 @@ class IterSettings:
         # (a cached_property computed inside a trace is a graph break).
         self.iteration  # noqa: B018
         self.kernel_iteration  # noqa: B018
+        self.native_scalar  # noqa: B018
 
     # Pickled as the fields alone: the derived attributes (the resolved
     # arithmetic, the kernels' iteration) are remade on loading, for this
@@ -171,6 +172,12 @@ class IterSettings:
         to the datapath (float32 natively, else ``fmt``); None where no kernel
         runs these settings."""
         return _fused.kernel_iteration(self, self._arithmetic)
+
+    @functools.cached_property
+    def native_scalar(self):
+        """The native kernel's ``Iteration`` object for these settings, or None
+        (emulated, vector mode, no kernels)."""
+        return _fused.native_scalar(self)
 
     def arithmetic(self, dtype: torch.dtype) -> Arithmetic:
         """``Arithmetic.resolve(dtype, fmt, acc_fmt)``, resolved at construction."""

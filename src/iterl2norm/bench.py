@@ -23,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -51,6 +52,7 @@ class Plan:
     shapes: tuple[tuple[int, ...], ...] = SHAPES
     emulation_shape: tuple[int, ...] = EMULATION_SHAPE
     first_call: bool = True
+    compiled: bool = True  # torch.compile rows: the model's, and a module's first call
 
     @property
     def rounds(self) -> int:
@@ -242,6 +244,7 @@ def _call_methods(x: torch.Tensor) -> Groups:
         "F.layer_norm": {
             "F.layer_norm": lambda: F.layer_norm(x, (d,), w, b),
             "layer_norm": lambda: functional.layer_norm(x, (d,), w, b),
+            "rms_norm": lambda: functional.rms_norm(x, (d,), w),
         }
     }
 
@@ -273,8 +276,8 @@ print(t1 - t0, t2 - t1, t3 - t2, int(_fused.available()))
 
 def first_call() -> list[Row]:
     """In a fresh interpreter: the first layer_norm call against the second
-    (the kernels are compiled at install, so there is no compile on first use),
-    and the import of torch plus iterl2norm."""
+    (the kernels already built, at install or in the first-use cache), and the
+    import of torch plus iterl2norm."""
     out = subprocess.run(
         [sys.executable, "-c", _FIRST_CALL], capture_output=True, text=True, timeout=300, check=True
     ).stdout.split()
@@ -313,6 +316,43 @@ def first_call() -> list[Row]:
     ]
 
 
+_COMPILED_FIRST_CALL = """
+import time
+import torch, iterl2norm
+x = torch.randn(8, 576)
+module = iterl2norm.IterRMSNorm(576)
+compiled = torch.compile(module, fullgraph=True)
+t0 = time.perf_counter()
+compiled(x)
+t1 = time.perf_counter()
+compiled(x)
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def compiled_first_call() -> list[Row]:
+    """In a fresh interpreter: the first call of ``torch.compile(IterRMSNorm(576))``
+    (Dynamo's trace and Inductor's code generation and C++ compile, with a cold
+    cache directory) against its second call."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        out = subprocess.run(
+            [sys.executable, "-c", _COMPILED_FIRST_CALL],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+            env=env,
+        ).stdout.split()
+    first, second = (float(v) for v in out[:2])
+    name, reference = "compiled IterRMSNorm first call", "compiled IterRMSNorm second call"
+    return [
+        Row("first_call", "8x576", "fp32", reference, reference, second * 1e3, 1.0, 1),
+        Row("first_call", "8x576", "fp32", name, reference, first * 1e3, first / second, 1),
+    ]
+
+
 def _model_rows(plan: Plan, tick) -> list[Row]:
     from .models import load_causal_lm
     from .patching import patch_model
@@ -331,13 +371,15 @@ def _model_rows(plan: Plan, tick) -> list[Row]:
         return run
 
     rounds = max(3, plan.rounds // 3)  # a forward pass takes seconds
-    medians = round_robin(
-        {"SmolLM2-135M unpatched": forward(model), "SmolLM2-135M patched": forward(patched)},
-        rounds,
-        1,
-        tick,
-    )
-    reference = {name: "SmolLM2-135M unpatched" for name in medians}
+    methods = {"SmolLM2-135M unpatched": forward(model), "SmolLM2-135M patched": forward(patched)}
+    reference = {name: "SmolLM2-135M unpatched" for name in methods}
+    if plan.compiled:
+        # torch.compile (Inductor) of both: the patched norms are the package's
+        # operators in the one graph. Warm-up compiles them.
+        methods["SmolLM2-135M compiled"] = forward(torch.compile(model))
+        methods["SmolLM2-135M patched, compiled"] = forward(torch.compile(patched))
+        reference.update(dict.fromkeys(list(methods)[2:], "SmolLM2-135M compiled"))
+    medians = round_robin(methods, rounds, 1, tick)
     return _rows("model", (1, plan.model_tokens), "fp32", medians, reference, rounds)
 
 
@@ -386,6 +428,8 @@ def run(plan: Plan, progress: bool = True) -> list[Row]:
     bar.close()
     if plan.first_call:
         rows += first_call()
+        if plan.compiled:
+            rows += compiled_first_call()
     return rows
 
 

@@ -29,6 +29,11 @@ def add_commands(sub) -> None:
     )
     bench.add_argument("--no-model", action="store_true", help="skip the SmolLM2 forward")
     bench.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the torch.compile rows (the compiled model, a compiled module's first call)",
+    )
+    bench.add_argument(
         "--csv",
         metavar="FILE",
         help="append the rows, with versions and "
@@ -41,7 +46,7 @@ def add_commands(sub) -> None:
 def run(args, argv) -> int:
     from .. import bench
 
-    plan = bench.Plan(quick=args.quick, model=not args.no_model)
+    plan = bench.Plan(quick=args.quick, model=not args.no_model, compiled=not args.no_compile)
     check_output_path(args.csv)
     check_output_path(args.json)
     rows = bench.run(plan, progress=not args.no_progress)

@@ -735,10 +735,15 @@ void native_back_rows_base(const BackArgs<T>& a, int64_t begin, int64_t end, flo
   for (int64_t row = begin; row < end; ++row) native_back_row<T, false>(a, row, xh, gw, dw, db);
 }
 
+// Rows per thread at the least: at::internal::GRAIN_SIZE elements, as torch's
+// own norms take, so that a small call runs on one thread instead of paying
+// for a parallel region. Rows are independent: the bits do not depend on it.
+int64_t row_grain(int64_t d) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, d)); }
+
 template <typename T>
 void native_all(const NativeArgs<T>& a, int64_t rows) {
   const Isa isa = best_isa();
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, row_grain(a.d), [&](int64_t begin, int64_t end) {
     if (isa == Isa::avx512) native_rows_avx512<T>(a, begin, end);
     else if (isa == Isa::avx2) native_rows_avx2<T>(a, begin, end);
     else native_rows_base<T>(a, begin, end);
@@ -769,7 +774,7 @@ void native_back_all(const BackArgs<T>& a, int64_t rows, int64_t lanes) {
 template <typename T, typename F>
 void emulated_all(const EmuArgs<T>& a, int64_t rows) {
   const Isa isa = best_isa();
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, row_grain(a.d), [&](int64_t begin, int64_t end) {
     int64_t width = 1;
     while (width < a.d) width <<= 1;
     std::vector<float> v(a.d), buf(width);
