@@ -331,6 +331,33 @@ class FpMul(_Offset):
         return result
 
 
+class DivStep(wiring.Component):
+    """One step of restoring division: the quotient bit ``take`` (``rem >=
+    divisor``) and the partial remainder ``left`` that follows. A module of
+    its own, so the divider's p + 3 identical steps are one module instanced
+    p + 3 times, which synthesis maps once (unrolled into one module, the
+    steps' long carry chains are more than ABC maps in an hour)."""
+
+    def __init__(self, width: int):
+        self.width = width  # of the divisor; the remainder has two bits more
+        super().__init__(
+            {
+                "rem": In(width + 2),
+                "divisor": In(width),
+                "take": Out(1),
+                "left": Out(width + 1),
+            }
+        )
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.d.comb += [
+            self.take.eq(self.rem >= self.divisor),
+            self.left.eq(Mux(self.take, self.rem - self.divisor, self.rem)),
+        ]
+        return m
+
+
 class FpDiv(_Offset):
     """a / b, rounded once (with ``shift_bits``, a * 2**shift / b): the exact
     method's per-lane divider. Both significands are normalized, subnormals
@@ -357,11 +384,10 @@ class FpDiv(_Offset):
         n = fmt.precision + 3
         rem, bits = dividend, []
         for step in range(n):
-            take = Signal(name=f"q{n - 1 - step}")
-            left = Signal(fmt.precision + 1, name=f"rem{step}")
-            m.d.comb += [take.eq(rem >= divisor), left.eq(Mux(take, rem - divisor, rem))]
-            bits.append(take)
-            rem = left << 1
+            m.submodules[f"step{step}"] = stage = DivStep(fmt.precision)
+            m.d.comb += [stage.rem.eq(rem), stage.divisor.eq(divisor)]
+            bits.append(stage.take)
+            rem = stage.left << 1
         quotient = Cat(*reversed(bits))
         # value = quotient * 2**-(n - 1) * 2**(a_exp - b_exp), the sticky bit below it
         exp = self._exponent(m, "qexp", a.exp - a_lz - b.exp + b_lz - n)
