@@ -27,9 +27,10 @@ from types import ModuleType
 SOURCE = Path(__file__).parent / "csrc" / "kernels.cpp"
 JIT_ENV = "ITERL2NORM_JIT"
 CACHE_ENV = "ITERL2NORM_CACHE"
-# The flags of setup.py's build. No floating-point contraction: the
-# emulation rounds every operation.
-CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
+# The flags of setup.py's build (its own, and Python's -fwrapv and -DNDEBUG,
+# which setuptools adds). No floating-point contraction: the emulation
+# rounds every operation.
+CFLAGS = ["-O3", "-fwrapv", "-DNDEBUG", "-ffp-contract=off", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 MODULE = "iterl2norm_kernels"
 
