@@ -1,7 +1,9 @@
-"""The compiled row kernels (csrc/kernels.cpp), when the package was built with them.
+"""The compiled row kernels (csrc/kernels.cpp), built with the package or on
+first use (:mod:`._jit`).
 
 ``native``: the fast native path, one fused pass per row (float, bfloat16 and
-half inputs), differentiated analytically at the computed scale. ``emulated``:
+half inputs), differentiated analytically at the computed scale;
+``native_call``: its short path for the common eager call. ``emulated``:
 the bit-accurate 8- and 16-bit emulation with float32 accumulation, the same
 bits as the torch emulation (tests/test_fused.py). Callers fall back to the
 torch paths when :func:`native_ok` / :func:`emulated_ok` say no.
