@@ -277,18 +277,11 @@ def test_opcheck_passes_on_every_operator():
 
 
 def _tiny_llama():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from test_models import TINY  # the tiny models the patching tests use
+
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return TINY["llama"]().eval()
 
 
 def test_a_patched_hugging_face_model_compiles_to_one_graph():

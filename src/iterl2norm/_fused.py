@@ -487,9 +487,12 @@ def native_call(x, normalized_shape, weight, bias, eps: float, settings: IterSet
     ):
         return None
     for p in (weight, bias):
-        if p is not None and (type(p) not in (torch.Tensor, torch.nn.Parameter) or p.shape != (d,)):
-            return None
-        if p is not None and (not p.is_cpu or (p.requires_grad and torch.is_grad_enabled())):
+        if p is not None and (
+            type(p) not in (torch.Tensor, torch.nn.Parameter)
+            or p.shape != (d,)
+            or not p.is_cpu
+            or (p.requires_grad and torch.is_grad_enabled())
+        ):
             return None
     if (x.requires_grad and torch.is_grad_enabled()) or x.numel() == 0:
         return None

@@ -27,9 +27,9 @@ from types import ModuleType
 SOURCE = Path(__file__).parent / "csrc" / "kernels.cpp"
 JIT_ENV = "ITERL2NORM_JIT"
 CACHE_ENV = "ITERL2NORM_CACHE"
-# The flags of setup.py's build (its own, and Python's -fwrapv and -DNDEBUG,
-# which setuptools adds). No floating-point contraction: the emulation
-# rounds every operation.
+# The flags of both builds (setup.py reads them from here; setuptools adds
+# Python's -fwrapv and -DNDEBUG there anyway, torch's loader does not). No
+# floating-point contraction: the emulation rounds every operation.
 CFLAGS = ["-O3", "-fwrapv", "-DNDEBUG", "-ffp-contract=off", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 MODULE = "iterl2norm_kernels"

@@ -274,14 +274,24 @@ print(t1 - t0, t2 - t1, t3 - t2, int(_fused.available()))
 """
 
 
+def _timed_in_a_fresh_interpreter(code: str, timeout: int, env=None) -> list[float]:
+    """The numbers ``code`` prints, run by a new Python process."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+        env=env,
+    ).stdout.split()
+    return [float(v) for v in out]
+
+
 def first_call() -> list[Row]:
     """In a fresh interpreter: the first layer_norm call against the second
     (the kernels already built, at install or in the first-use cache), and the
     import of torch plus iterl2norm."""
-    out = subprocess.run(
-        [sys.executable, "-c", _FIRST_CALL], capture_output=True, text=True, timeout=300, check=True
-    ).stdout.split()
-    imported, first, second = (float(v) for v in out[:3])
+    imported, first, second = _timed_in_a_fresh_interpreter(_FIRST_CALL, 300)[:3]
     return [
         Row(
             "first_call",
@@ -337,15 +347,7 @@ def compiled_first_call() -> list[Row]:
     cache directory) against its second call."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        out = subprocess.run(
-            [sys.executable, "-c", _COMPILED_FIRST_CALL],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=True,
-            env=env,
-        ).stdout.split()
-    first, second = (float(v) for v in out[:2])
+        first, second = _timed_in_a_fresh_interpreter(_COMPILED_FIRST_CALL, 900, env)
     name, reference = "compiled IterRMSNorm first call", "compiled IterRMSNorm second call"
     return [
         Row("first_call", "8x576", "fp32", reference, reference, second * 1e3, 1.0, 1),
