@@ -1,5 +1,6 @@
 """The ECP5 flow (:mod:`iterl2norm.hw.rtl.fpga`): the part's options, the
-port-register wrapper, a small operator placed and routed (seconds), the
+port-register wrapper, a small operator placed and routed (seconds), both
+flows on two identical multipliers, a unit too large for its part, the
 failures named; slow run (``pytest -m slow tests/test_rtl_fpga.py``, about
 15 minutes on 2 cores): a 4-lane fp32 unit."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from iterl2norm.hw.rtl.fpga import PART, fpga_report, part_options, wrapper
+from iterl2norm.hw.rtl.fpga import FLOWS, PART, fpga_report, part_options, wrapper
 
 
 def needs_tools():
@@ -65,6 +66,54 @@ def test_a_multiplier_is_placed_and_routed(tmp_path):
     for name in report["files"]:
         assert (tmp_path / name).exists(), name
     assert "Max frequency for clock 'clk'" in (tmp_path / "fpga_pnr.log").read_text()
+
+
+def two_multipliers():
+    """A component with two bf16 multipliers that differ only in name."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from iterl2norm.hw.rtl.fp import FpMul
+
+    class Two(wiring.Component):
+        def __init__(self):
+            super().__init__({"a": In(16), "b": In(16), "x": Out(16), "y": Out(16)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.left = left = FpMul("bf16", latency=1)
+            m.submodules.right = right = FpMul("bf16", latency=1)
+            m.d.comb += [left.a.eq(self.a), left.b.eq(self.b), self.x.eq(left.result)]
+            m.d.comb += [right.a.eq(self.b), right.b.eq(self.a), self.y.eq(right.result)]
+            return m
+
+    return Two()
+
+
+def test_the_by_module_flow_maps_one_module_per_kind(tmp_path):
+    needs_tools()
+    from iterl2norm.hw.rtl.export import verilog
+
+    path = tmp_path / "two.v"
+    path.write_text(verilog(two_multipliers(), "two"))
+    flat = fpga_report(path, top="two", timeout=600)
+    assert flat["flow"] == "flattened" and "-noflatten" not in flat["synth_ecp5_script"]
+    assert not (tmp_path / "fpga_merged.v").exists()
+    split = fpga_report(path, top="two", timeout=600, flow="by-module")
+    assert split["flow"] == "by-module" and "-noflatten" in split["synth_ecp5_script"]
+    merged = (tmp_path / "fpga_merged.v").read_text()
+    assert path.read_text().count("\nmodule ") == merged.count("\nmodule ") + 1
+    for name in split["files"]:
+        assert (tmp_path / name).exists(), name
+    # the same design either way: two 8x8 products on two blocks, the same
+    # port registers; only what Yosys may share across the ports can differ
+    assert split["dsp"] == flat["dsp"] == 2
+    assert split["port_register_bits"] == flat["port_register_bits"] == 64
+    assert split["flip_flops"] >= 64 and split["fmax_mhz"] > 10
+    with pytest.raises(ValueError, match="flow must be one of flattened, by-module"):
+        fpga_report(path, top="two", flow="hierarchical")
+    assert FLOWS == ("flattened", "by-module")
 
 
 def test_a_failing_tool_is_named(tmp_path):

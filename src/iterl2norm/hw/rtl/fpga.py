@@ -15,6 +15,17 @@ netlist ``fpga_ecp5.json``), then ``nextpnr-ecp5 --out-of-context`` with a
 fixed ``--seed`` and a 100 MHz target (the paper's clock), timing failure
 allowed (log ``fpga_pnr.log``, report ``fpga_pnr.json``).
 
+Two flows (``flow``): ``"flattened"`` gives Yosys the whole design at once,
+so it optimizes across module ports; ``"by-module"`` first merges the
+modules that are identical but for their name
+(:func:`~iterl2norm.hw.rtl.synth.merge_identical_modules`: a unit's P lane
+multipliers become one module, ``fpga_merged.v``) and runs ``synth_ecp5
+-noflatten``, so that ABC maps each distinct module once. ABC on the whole
+flattened netlist of the larger units (the sqrt + divide unit, the 32-lane
+bf16 LayerNorms) ran past an hour; by module it takes 6 to 13 minutes.
+nextpnr flattens the hierarchy as it reads the netlist, so placement and
+timing see the whole design either way.
+
 The numbers, from nextpnr's report after place and route: ``luts``, the
 LUT4 sites used (TRELLIS_COMB: a LUT4, or half of a CCU2C carry cell);
 ``flip_flops`` (TRELLIS_FF, the wrapper's port registers included, at most
@@ -33,17 +44,29 @@ import sys
 import time
 from pathlib import Path
 
-from .synth import yosys_command
+from .synth import merge_identical_modules, yosys_command
 
-__all__ = ["PART", "fpga_report", "nextpnr_command", "part_options", "wrapper"]
+__all__ = [
+    "FLOWS",
+    "PART",
+    "demand",
+    "fpga_report",
+    "nextpnr_command",
+    "part_options",
+    "pnr_figures",
+    "wrapper",
+]
 
 PART = "LFE5UM5G-85F-8BG381"
 FREQ_MHZ = 100
 SEED = 1
 WRAPPER = "fpga_top"
+FLOWS = ("flattened", "by-module")
 _PART_RE = re.compile(r"LFE5(U|UM|UM5G)-(12|25|45|85)F-([678])(BG|MG|TG)(\d+)")
 _PACKAGES = {"BG": "CABGA", "MG": "CSFBGA", "TG": "TQFP"}
 _DEVICES = {"U": "--{}k", "UM": "--um-{}k", "UM5G": "--um5g-{}k"}
+# "Info:          TRELLIS_COMB:  189951/  83640   227%"
+_UTILISATION_RE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%$", re.M)
 _PORT_RE = re.compile(
     r"^\s*(input|output)\s+(?:signed\s+)?(?:\[(\d+):(\d+)\]\s*)?\\?([\w$]+)\s*;", re.M
 )
@@ -132,19 +155,29 @@ def fpga_report(
     clock: str = "clk",
     freq_mhz: float = FREQ_MHZ,
     seed: int = SEED,
+    flow: str = "flattened",
 ) -> dict:
     """Synthesize ``top`` of ``verilog_path`` for ``part`` and place and
     route it (the module docstring's flow; ``timeout`` in seconds for each
-    tool); the files go beside the Verilog. Returns the part, luts,
-    flip_flops, dsp, bram, fmax_mhz, the options, each step's seconds and
-    the files written."""
+    tool); the files go beside the Verilog. Returns the part, the flow,
+    luts, flip_flops, dsp, bram, fmax_mhz, the options, each step's seconds
+    and the files written."""
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {', '.join(FLOWS)}, not {flow!r}")
     verilog = Path(verilog_path).resolve()
     out = verilog.parent
     options = part_options(part)
-    text, bits = wrapper(verilog.read_text(), top, clock)
+    source, text = verilog.name, verilog.read_text()
+    synth_options = ""
+    if flow == "by-module":
+        source, synth_options = "fpga_merged.v", "-noflatten "
+        text = merge_identical_modules(text)[0]
+        (out / source).write_text(text)
+    text, bits = wrapper(text, top, clock)
     (out / f"{WRAPPER}.v").write_text(text)
     script = (
-        f"read_verilog {verilog.name} {WRAPPER}.v; synth_ecp5 -top {WRAPPER} -json fpga_ecp5.json"
+        f"read_verilog {source} {WRAPPER}.v; "
+        f"synth_ecp5 {synth_options}-top {WRAPPER} -json fpga_ecp5.json"
     )
     synth_log, pnr_log, report = out / "fpga_synth.log", out / "fpga_pnr.log", out / "fpga_pnr.json"
     for stale in (synth_log, pnr_log, report, out / "fpga_ecp5.json"):
@@ -173,22 +206,62 @@ def fpga_report(
         pnr_log.name,
         "-q",
     ]
-    pnr_s = _run("nextpnr-ecp5", argv, out, timeout, pnr_log)
-    result = json.loads(report.read_text())
-    used = {name: cell["used"] for name, cell in result["utilization"].items()}
-    if clock not in result.get("fmax", {}):
-        raise RuntimeError(f"nextpnr-ecp5 timed no clock {clock!r} (report: {report})")
+    begin = time.monotonic()
+    try:
+        _run("nextpnr-ecp5", argv, out, timeout, pnr_log)
+        figures = pnr_figures(report, clock)
+    except RuntimeError:
+        # A unit larger than the part fails in placement; what it needs is
+        # in the log's utilisation, which nextpnr prints after packing.
+        figures = demand(pnr_log.read_text() if pnr_log.exists() else "")
+        if figures is None:
+            raise
+    pnr_s = time.monotonic() - begin
+    files = [f"{WRAPPER}.v", "fpga_ecp5.json", synth_log.name, pnr_log.name]
+    files = ([source] if flow == "by-module" else []) + files + [report.name] * figures["fits"]
     return {
         "part": part,
+        "flow": flow,
+        **figures,
+        "port_register_bits": bits,
+        "synth_ecp5_script": script,
+        "nextpnr_options": pnr_options,
+        "seconds": {"synth_ecp5": round(synth_s, 1), "nextpnr": round(pnr_s, 1)},
+        "files": [str(out / name) for name in files],
+    }
+
+
+def pnr_figures(report: str | Path, clock: str = "clk") -> dict:
+    """luts, flip_flops, dsp, bram, fmax_mhz and the used cells' utilization
+    from nextpnr-ecp5's ``--report`` JSON."""
+    result = json.loads(Path(report).read_text())
+    if clock not in result.get("fmax", {}):
+        raise RuntimeError(f"nextpnr-ecp5 timed no clock {clock!r} (report: {report})")
+    fmax = round(result["fmax"][clock]["achieved"], 2)
+    return _figures(result["utilization"], fits=True, fmax_mhz=fmax)
+
+
+def demand(log: str) -> dict | None:
+    """From nextpnr-ecp5's log of a unit that does not fit its part: the
+    cells it needs (``fits`` False, ``fmax_mhz`` None); None when no cell
+    type is over the part's count."""
+    cells = {
+        name: {"available": int(available), "used": int(used)}
+        for name, used, available in _UTILISATION_RE.findall(log)
+    }
+    if not any(cell["used"] > cell["available"] for cell in cells.values()):
+        return None
+    return _figures(cells, fits=False, fmax_mhz=None)
+
+
+def _figures(cells: dict, *, fits: bool, fmax_mhz: float | None) -> dict:
+    used = {name: cell["used"] for name, cell in cells.items()}
+    return {
+        "fits": fits,
         "luts": used.get("TRELLIS_COMB", 0),
         "flip_flops": used.get("TRELLIS_FF", 0),
         "dsp": used.get("MULT18X18D", 0),
         "bram": used.get("DP16KD", 0),
-        "fmax_mhz": round(result["fmax"][clock]["achieved"], 2),
-        "port_register_bits": bits,
-        "utilization": {k: v for k, v in result["utilization"].items() if v["used"]},
-        "nextpnr_options": pnr_options,
-        "seconds": {"synth_ecp5": round(synth_s, 1), "nextpnr": round(pnr_s, 1)},
-        "files": [str(out / name) for name in (f"{WRAPPER}.v", "fpga_ecp5.json")]
-        + [str(synth_log), str(pnr_log), str(report)],
+        "fmax_mhz": fmax_mhz,
+        "utilization": {k: v for k, v in sorted(cells.items()) if v["used"]},
     }
