@@ -65,9 +65,74 @@ def main(argv=None) -> int:
     return status
 
 
+# Where a preset has several FPGA runs at its lanes, the table shows the
+# flattened one: Yosys then optimizes across the modules' ports.
+FLOW_PREFERENCE = ("flattened", "by-module")
+
+
+def fpga_unit(fpga: list[dict], name: str, lanes: int, fits: bool = False) -> dict | None:
+    """The FPGA run of ``name`` at ``lanes`` (flattened if there is one;
+    with ``fits``, only one that fits its part)."""
+    runs = [u for u in fpga if u["preset"] == name and u["lanes"] == lanes]
+    runs = [u for u in runs if u["fits"] or not fits]
+    runs.sort(key=lambda u: FLOW_PREFERENCE.index(u["flow"]))
+    return runs[0] if runs else None
+
+
+def fpga_cells(f: dict | None) -> str:
+    """The LUT4 ... ns cells of the main table."""
+    if f is None:
+        return "| | | | | "
+    luts = f"{f['luts']:,}"
+    if not f["fits"]:
+        share = f["luts"] / f["utilization"]["TRELLIS_COMB"]["available"]
+        rest = f"{f['flip_flops']:,} | {f['dsp']} | {f['bram']}"
+        return f"{luts} ({share:.0%}) | {rest} | does not fit | "
+    return (
+        f"{luts} | {f['flip_flops']:,} | {f['dsp']} | {f['bram']} | {f['fmax_mhz']:.1f} | "
+        f"{f['ns']['64']:,.0f} / {f['ns']['1024']:,.0f}"
+    )
+
+
+def lut_ns_ratio(fpga: list[dict], name: str, base: str, lanes: int) -> str:
+    """LUT4 x ns of ``name`` over ``base``'s at d = 64 and 1024, both fitted
+    at the same lanes and flow: the group's lanes if both fit there, else
+    the most lanes at which both do (named)."""
+    fitted = {(u["preset"], u["lanes"], u["flow"]): u for u in fpga if u["fits"]}
+    for count in sorted({u["lanes"] for u in fpga}, key=lambda c: (c != lanes, -c)):
+        for flow in FLOW_PREFERENCE:
+            f, g = fitted.get((name, count, flow)), fitted.get((base, count, flow))
+            if f and g:
+                ratio = " / ".join(
+                    f"{f['luts'] * f['ns'][d] / (g['luts'] * g['ns'][d]):.2f}"
+                    for d in ("64", "1024")
+                )
+                return ratio if count == lanes else f"{ratio} ({count} lanes)"
+    return ""
+
+
+def print_other_runs(fpga: list[dict], shown: list[dict]) -> None:
+    """The FPGA runs the main table does not show: other lanes, the other flow."""
+    rest = [u for u in fpga if u not in shown]
+    if not rest:
+        return
+    print("\nFPGA runs besides the table's (other lanes, the other flow):\n")
+    print(
+        "| preset | lanes | flow | cycles d=64 / 1024 | LUT4 | FF | DSP | BRAM | Fmax MHz "
+        "| ns d=64 / 1024 | synth_ecp5 + nextpnr s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for f in rest:
+        c, seconds = f["cycles"], f["seconds"]
+        print(
+            f"| {f['preset']} | {f['lanes']} | {f['flow']} | {c['64']} / {c['1024']} | "
+            f"{fpga_cells(f)} | {seconds['synth_ecp5']:,.0f} + {seconds['nextpnr']:,.0f} |"
+        )
+
+
 def print_tables() -> int:
     gates = {u["preset"]: u for u in load("rtl_units.json").get("units", [])}
-    fpga = {u["preset"]: u for u in load("fpga_units.json").get("units", [])}
+    fpga = load("fpga_units.json").get("units", [])
     error = {p["preset"]: p["max_abs_error"] for p in load("hw.json").get("presets", [])}
     if not gates:
         print("no docs/rtl_units.json: run scripts/unit_synthesis.py first", file=sys.stderr)
@@ -77,21 +142,19 @@ def print_tables() -> int:
         "LUT4 | FF | DSP | BRAM | Fmax MHz | ns d=64 / 1024 | max abs error d=64 / 1024 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    shown = []
     for name, u in gates.items():
-        f = fpga.get(name)
+        f = fpga_unit(fpga, name, u["lanes"])
+        shown += [f] if f else []
+        board = fpga_cells(f)
         c = u["cycles"]
-        board = (
-            f"{f['luts']} | {f['flip_flops']} | {f['dsp']} | {f['bram']} | {f['fmax_mhz']:.1f} | "
-            f"{f['ns']['64']:g} / {f['ns']['1024']:g}"
-            if f
-            else "| | | | | "
-        )
         err = error.get(name, {})
         precision = f"{err['64']:.2e} / {err['1024']:.2e}" if err else ""
         print(
             f"| {name} | {u['lanes']} | {c['64']} / {c['1024']} | {u['nand2_equivalents']:,.0f} | "
             f"{u['flip_flops']:,} | {sum(u['memory_bits'].values()):,} | {board} | {precision} |"
         )
+    print_other_runs(fpga, shown)
     blocks = list(next(iter(gates.values()))["blocks"])
     print("\nNAND2 equivalents by block:\n")
     print("| preset | " + " | ".join(blocks) + " |")
@@ -118,13 +181,7 @@ def print_tables() -> int:
                 / (base["nand2_equivalents"] * base["cycles"][d])
                 for d in ("64", "1024")
             ]
-            board = ""
-            if name in fpga and names[0] in fpga:
-                f, g = fpga[name], fpga[names[0]]
-                board = " / ".join(
-                    f"{f['luts'] * f['ns'][d] / (g['luts'] * g['ns'][d]):.2f}"
-                    for d in ("64", "1024")
-                )
+            board = lut_ns_ratio(fpga, name, names[0], base["lanes"])
             print(
                 f"| {name} | {u['nand2_equivalents']:,.0f} | "
                 f"{u['blocks']['scalar unit']['nand2_equivalents']:,.0f} | "

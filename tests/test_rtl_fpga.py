@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from iterl2norm.hw.rtl.fpga import FLOWS, PART, fpga_report, part_options, wrapper
+from iterl2norm.hw.rtl.fpga import FLOWS, PART, demand, fpga_report, part_options, wrapper
 
 
 def needs_tools():
@@ -68,27 +68,29 @@ def test_a_multiplier_is_placed_and_routed(tmp_path):
     assert "Max frequency for clock 'clk'" in (tmp_path / "fpga_pnr.log").read_text()
 
 
-def two_multipliers():
-    """A component with two bf16 multipliers that differ only in name."""
+def multipliers(n: int):
+    """A component with ``n`` bf16 multipliers that differ only in name,
+    each on inputs and an output of its own."""
     from amaranth.hdl import Module
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
 
     from iterl2norm.hw.rtl.fp import FpMul
 
-    class Two(wiring.Component):
+    class Multipliers(wiring.Component):
         def __init__(self):
-            super().__init__({"a": In(16), "b": In(16), "x": Out(16), "y": Out(16)})
+            super().__init__({"a": In(16 * n), "b": In(16 * n), "y": Out(16 * n)})
 
         def elaborate(self, platform):
             m = Module()
-            m.submodules.left = left = FpMul("bf16", latency=1)
-            m.submodules.right = right = FpMul("bf16", latency=1)
-            m.d.comb += [left.a.eq(self.a), left.b.eq(self.b), self.x.eq(left.result)]
-            m.d.comb += [right.a.eq(self.b), right.b.eq(self.a), self.y.eq(right.result)]
+            for i in range(n):
+                m.submodules[f"mul{i}"] = mul = FpMul("bf16", latency=1)
+                part = slice(16 * i, 16 * i + 16)
+                m.d.comb += [mul.a.eq(self.a[part]), mul.b.eq(self.b[part])]
+                m.d.comb += self.y[part].eq(mul.result)
             return m
 
-    return Two()
+    return Multipliers()
 
 
 def test_the_by_module_flow_maps_one_module_per_kind(tmp_path):
@@ -96,7 +98,7 @@ def test_the_by_module_flow_maps_one_module_per_kind(tmp_path):
     from iterl2norm.hw.rtl.export import verilog
 
     path = tmp_path / "two.v"
-    path.write_text(verilog(two_multipliers(), "two"))
+    path.write_text(verilog(multipliers(2), "two"))
     flat = fpga_report(path, top="two", timeout=600)
     assert flat["flow"] == "flattened" and "-noflatten" not in flat["synth_ecp5_script"]
     assert not (tmp_path / "fpga_merged.v").exists()
@@ -108,12 +110,49 @@ def test_the_by_module_flow_maps_one_module_per_kind(tmp_path):
         assert (tmp_path / name).exists(), name
     # the same design either way: two 8x8 products on two blocks, the same
     # port registers; only what Yosys may share across the ports can differ
-    assert split["dsp"] == flat["dsp"] == 2
-    assert split["port_register_bits"] == flat["port_register_bits"] == 64
-    assert split["flip_flops"] >= 64 and split["fmax_mhz"] > 10
+    assert split["fits"] and split["dsp"] == flat["dsp"] == 2
+    assert split["port_register_bits"] == flat["port_register_bits"] == 2 * 48 + 1  # and rst
+    assert split["flip_flops"] >= 97 and split["fmax_mhz"] > 10
     with pytest.raises(ValueError, match="flow must be one of flattened, by-module"):
         fpga_report(path, top="two", flow="hierarchical")
     assert FLOWS == ("flattened", "by-module")
+
+
+# What nextpnr-ecp5 printed after packing paper-layernorm-bf16 (32 lanes)
+# for the LFE5UM5G-85F, before placement failed.
+PACKED = """Info: Device utilisation:
+Info: \t          TRELLIS_IO:       0/    365     0%
+Info: \t              DP16KD:       2/    208     0%
+Info: \t          MULT18X18D:     101/    156    64%
+Info: \t          TRELLIS_FF:   17695/  83640    21%
+Info: \t        TRELLIS_COMB:  189951/  83640   227%
+Info: \t        TRELLIS_RAMW:     768/  10455     7%
+ERROR: Unable to place cell 'dut.scale25.mul_LUT4_Z', no BELs remaining
+"""
+
+
+def test_what_a_unit_too_large_needs_is_read_from_the_log():
+    need = demand(PACKED)
+    assert need["fits"] is False and need["fmax_mhz"] is None
+    assert (need["luts"], need["flip_flops"], need["dsp"], need["bram"]) == (189951, 17695, 101, 2)
+    assert need["utilization"]["TRELLIS_COMB"] == {"available": 83640, "used": 189951}
+    assert "TRELLIS_IO" not in need["utilization"]  # none used
+    assert demand(PACKED.replace("189951/", "  8395/")) is None  # it fits: another failure
+    assert demand("") is None
+
+
+def test_a_unit_larger_than_its_part_is_recorded_not_raised(tmp_path):
+    needs_tools()
+    from iterl2norm.hw.rtl.export import verilog
+
+    path = tmp_path / "many.v"
+    path.write_text(verilog(multipliers(30), "many"))
+    # the smallest ECP5 has 28 multiplier blocks; 30 products need 30
+    report = fpga_report(path, top="many", part="LFE5U-12F-6BG256", timeout=600, flow="by-module")
+    assert report["fits"] is False and report["fmax_mhz"] is None
+    assert report["dsp"] == 30 and report["utilization"]["MULT18X18D"]["available"] == 28
+    assert not (tmp_path / "fpga_pnr.json").exists()
+    assert [name for name in report["files"] if name.endswith("fpga_pnr.json")] == []
 
 
 def test_a_failing_tool_is_named(tmp_path):
