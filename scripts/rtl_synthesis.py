@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from iterl2norm._env import environment, progress_bar
+from iterl2norm.hw.flows.export import verilog
+from iterl2norm.hw.flows.synth import synthesize
 from iterl2norm.hw.rtl import SUPPORTED
-from iterl2norm.hw.rtl.export import operator, verilog
+from iterl2norm.hw.rtl.fp import operator
 from iterl2norm.hw.rtl.rsqrt_unit import RsqrtUnit
 from iterl2norm.hw.rtl.sqrt_divide import SqrtDivide
-from iterl2norm.hw.rtl.synth import synthesize
 from iterl2norm.study.convergence import full_precision_steps, steps_to_converge
 
 ROOT = Path(__file__).resolve().parent.parent

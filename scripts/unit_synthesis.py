@@ -1,5 +1,5 @@
 """Synthesize each preset's normalization unit, at its own lanes, to generic
-CMOS gates (:mod:`iterl2norm.hw.rtl.unit_synthesis`: module by module,
+CMOS gates (:mod:`iterl2norm.hw.flows.unit_synthesis`: module by module,
 identical modules mapped once) and write the totals, the breakdown by block
 and the memories' bits to docs/rtl_units.json (presets already there are
 kept unless named again), with the cycles at d = 64 and 1024.
@@ -23,9 +23,9 @@ import torch
 from _preset_runs import run_presets
 
 from iterl2norm.hw import PRESETS, simulate
-from iterl2norm.hw.rtl.export import verilog
+from iterl2norm.hw.flows.export import verilog
+from iterl2norm.hw.flows.unit_synthesis import unit_synthesis
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
-from iterl2norm.hw.rtl.unit_synthesis import unit_synthesis
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMS = (64, 1024)

@@ -11,7 +11,7 @@ import torch
 from iterl2norm import iterl2norm
 from iterl2norm.formats import FORMATS
 from iterl2norm.hw import PAPER_CYCLES, PRESETS, UnitConfig, reference, simulate
-from iterl2norm.hw.config import closed_form_cycles
+from iterl2norm.hw.model.config import closed_form_cycles
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

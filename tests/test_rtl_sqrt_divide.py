@@ -17,15 +17,15 @@ from rtl_support import mpfr_context, needs_icarus, require_compiled_simulation 
 
 from iterl2norm.cli import main  # noqa: E402
 from iterl2norm.formats import FORMATS, decode  # noqa: E402
+from iterl2norm.hw.flows.vectors import rsqrt_inputs, sqrt_divide_reference  # noqa: E402
 from iterl2norm.hw.rtl import SUPPORTED  # noqa: E402
-from iterl2norm.hw.rtl.export_rsqrt import rsqrt_inputs  # noqa: E402
-from iterl2norm.hw.rtl.sqrt_divide import SqrtDivide, sqrt_divide_reference  # noqa: E402
+from iterl2norm.hw.rtl.sqrt_divide import SqrtDivide  # noqa: E402
 
 
 @pytest.mark.parametrize("fmt", SUPPORTED)
 def test_every_q_through_the_compiled_simulation(tmp_path, fmt):
     require_compiled_simulation()
-    from iterl2norm.hw.rtl.cxxrtl import compile_stream_unit, evaluate_stream
+    from iterl2norm.hw.flows.cxxrtl import compile_stream_unit, evaluate_stream
 
     dut = SqrtDivide(fmt)
     binary = compile_stream_unit(dut, tmp_path, top="iterl2norm_sqrt_divide")

@@ -47,7 +47,7 @@ def test_the_root_and_split_are_the_models(tmp_path, fmt, q_fmt):
     require_compiled_simulation()
     import gmpy2
 
-    from iterl2norm.hw.rtl.cxxrtl import compile_stream_unit, evaluate_stream
+    from iterl2norm.hw.flows.cxxrtl import compile_stream_unit, evaluate_stream
 
     dut = SqrtUnit(fmt, q_fmt, exp_latency=1, sqrt_latency=12)
     q = q_patterns(q_fmt)

@@ -15,13 +15,8 @@ from rtl_support import needs_icarus
 from iterl2norm.cli import main
 from iterl2norm.formats import decode, round_to_format
 from iterl2norm.hw import PRESETS, UnitConfig, simulate
-from iterl2norm.hw.rtl.export_unit import (
-    ROW_KINDS,
-    unit_params,
-    unit_rows,
-    unit_vectors,
-    write_unit,
-)
+from iterl2norm.hw.flows.export_unit import write_unit
+from iterl2norm.hw.flows.vectors import ROW_KINDS, unit_params, unit_rows, unit_vectors
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 
 DIMS = (64, 128, 768, 1000, 1024)

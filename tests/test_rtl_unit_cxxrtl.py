@@ -1,5 +1,5 @@
 """The whole normalization unit in a compiled simulation (CXXRTL and g++,
-:mod:`iterl2norm.hw.rtl.cxxrtl_unit`): its bits are hw.reference's and its
+:mod:`iterl2norm.hw.flows.cxxrtl_unit`): its bits are hw.reference's and its
 cycles hw.simulate's, and it agrees with Amaranth's simulator. Slow run
 (``pytest -m slow tests/test_rtl_unit_cxxrtl.py``): 1,000 vectors of every
 preset the RTL builds, bit- and cycle-exact."""
@@ -15,7 +15,7 @@ from rtl_support import require_compiled_simulation
 
 from iterl2norm.formats import decode
 from iterl2norm.hw import PRESETS
-from iterl2norm.hw.rtl.export_unit import ROW_KINDS, unit_params, unit_rows, unit_vectors
+from iterl2norm.hw.flows.vectors import ROW_KINDS, unit_params, unit_rows, unit_vectors
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 
 BUILT_PRESETS = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
@@ -46,7 +46,7 @@ def cases(cfg, dims, seeds) -> list[Case]:
 
 
 def run(binary, cfg, chosen: list[Case]):
-    from iterl2norm.hw.rtl.cxxrtl_unit import run_unit_compiled
+    from iterl2norm.hw.flows.cxxrtl_unit import run_unit_compiled
 
     params = [c.params for c in chosen] if cfg.affine else None
     return run_unit_compiled(binary, cfg, [(c.d, c.bits) for c in chosen], params)
@@ -68,7 +68,7 @@ def test_every_row_kind_and_amaranths_simulation(tmp_path):
     require_compiled_simulation()
     from test_rtl_unit import run_unit
 
-    from iterl2norm.hw.rtl.cxxrtl_unit import compile_unit
+    from iterl2norm.hw.flows.cxxrtl_unit import compile_unit
 
     cfg = PRESETS["fast-l2-fp32"]
     # -O0: g++ takes some 40 s where -O1 takes minutes; 16 vectors run in seconds.
@@ -88,7 +88,7 @@ def test_every_row_kind_and_amaranths_simulation(tmp_path):
 @pytest.mark.parametrize("name", BUILT_PRESETS)
 def test_a_thousand_vectors_of_every_preset(tmp_path, name):
     require_compiled_simulation()
-    from iterl2norm.hw.rtl.cxxrtl_unit import compile_unit
+    from iterl2norm.hw.flows.cxxrtl_unit import compile_unit
 
     cfg = PRESETS[name]
     # -O0 here too: 1,000 vectors run in a minute or two at -O0, while -O1's

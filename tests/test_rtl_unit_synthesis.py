@@ -11,10 +11,10 @@ from amaranth.hdl import Fragment
 
 from iterl2norm.cli import main
 from iterl2norm.hw import PRESETS, UnitConfig
-from iterl2norm.hw.rtl.export import verilog
-from iterl2norm.hw.rtl.synth import merge_identical_modules, synthesize
+from iterl2norm.hw.flows.export import verilog
+from iterl2norm.hw.flows.synth import merge_identical_modules, synthesize
+from iterl2norm.hw.flows.unit_synthesis import BLOCKS, block_of, memory_bits, unit_synthesis
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
-from iterl2norm.hw.rtl.unit_synthesis import BLOCKS, block_of, memory_bits, unit_synthesis
 
 BUILT = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
 # Beside the presets, the forms whose instances they do not have.
@@ -124,7 +124,7 @@ def test_the_cli_reports_the_blocks(tmp_path, capsys):
 
 
 def test_a_failing_synthesis_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    import iterl2norm.hw.rtl.unit_synthesis as module
+    import iterl2norm.hw.flows.unit_synthesis as module
 
     def fail(path, top):
         raise RuntimeError(f"yosys failed on {path} (log: synthesis.log):\nERROR: out of memory")

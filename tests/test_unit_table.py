@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "unit_table", ROOT / "scripts" / "unit_table.py"
-    )
+    spec = importlib.util.spec_from_file_location("unit_table", ROOT / "scripts" / "unit_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -73,7 +73,7 @@ def _exact(x: torch.Tensor, cfg) -> torch.Tensor:
 
 def run(args, argv) -> int:
     from ..hw import PAPER_CYCLES, PRESETS, check_d, get_preset, simulate
-    from ..hw.reference import arithmetic
+    from ..hw.model.reference import arithmetic
 
     if args.vectors < 1:
         raise ValueError(f"--vectors must be positive, got {args.vectors}")

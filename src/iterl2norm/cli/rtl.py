@@ -199,7 +199,7 @@ def _run(args) -> int:
         return _unit(args)
     if args.part == "unit":
         return _whole_unit(args)
-    from ..hw.rtl.export import write_op
+    from ..hw.flows.export import write_op
 
     written, report = write_op(
         args.out,
@@ -226,7 +226,7 @@ def _run(args) -> int:
 
 
 def _unit(args) -> int:
-    from ..hw.rtl.export_rsqrt import write_rsqrt, write_sqrt_divide
+    from ..hw.flows.export_rsqrt import write_rsqrt, write_sqrt_divide
 
     common = {"count": args.vectors, "seed": args.seed, "synthesis": not args.no_synthesis}
     if args.part == "sqrt-divide":
@@ -261,7 +261,7 @@ def _unit(args) -> int:
 
 def _whole_unit(args) -> int:
     from ..hw import get_preset
-    from ..hw.rtl.export_unit import write_unit
+    from ..hw.flows.export_unit import write_unit
 
     fields = (
         "lanes mul_latency add_latency exp_latency acc_slots steps fmt acc_fmt statistics "
@@ -309,7 +309,7 @@ def _whole_unit(args) -> int:
 
 def _exhaustive(args) -> int:
     from .._env import environment, progress_bar
-    from ..hw.rtl.exhaustive import check_every_pair
+    from ..hw.flows.exhaustive import check_every_pair
 
     check_output_path(args.json)
     start = time.perf_counter()

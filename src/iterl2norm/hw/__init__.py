@@ -8,9 +8,9 @@ and a per-stage breakdown; :func:`reference` computes the same bits without
 timing, as the golden model. See docs/HARDWARE.md.
 """
 
-from .config import D_MAX, D_MIN, PAPER_CYCLES, PRESETS, UnitConfig, check_d, get_preset
-from .reference import reference
-from .simulator import SimResult, simulate
+from .model.config import D_MAX, D_MIN, PAPER_CYCLES, PRESETS, UnitConfig, check_d, get_preset
+from .model.reference import reference
+from .model.simulator import SimResult, simulate
 
 __all__ = [
     "D_MAX",

@@ -1,13 +1,13 @@
-"""RTL of the normalization unit, in Amaranth (``pip install 'iterl2norm[rtl]'``).
+"""The designs, in Amaranth (``pip install 'iterl2norm[rtl]'``).
 
-Floating-point multiplier and adder that compute the library's bits
-(:mod:`.fp`), the exponent-field blocks (:mod:`.expo`), the scalar unit
-(:mod:`.rsqrt_unit`; the exact method's square root, :mod:`.sqrt_unit`) and
-the whole normalization unit (:mod:`.unit`); their Verilog with
-self-checking testbenches and test vectors (:mod:`.export`,
-:mod:`.export_rsqrt`, :mod:`.export_unit`), their synthesis to CMOS gates
-(:mod:`.synth`), an ECP5 place and route (:mod:`.fpga`) and compiled
-simulations for millions of vectors (:mod:`.cxxrtl`, :mod:`.cxxrtl_unit`).
+Floating-point multiplier, adder, divider and conversions that compute the
+library's bits (:mod:`.fp`), the exponent-field blocks (:mod:`.expo`), the
+scalar units (:mod:`.rsqrt_unit`; the exact method's square root,
+:mod:`.sqrt_unit`; the sqrt + divide comparison, :mod:`.sqrt_divide`), the
+operators with streams (:mod:`.streams`) and the whole normalization unit
+(:mod:`.unit`). Each follows the model's schedule
+(:mod:`iterl2norm.hw.model.schedule`); none imports a flow. The flows that
+test, simulate, synthesize and place them are in :mod:`iterl2norm.hw.flows`.
 See docs/HARDWARE.md.
 """
 

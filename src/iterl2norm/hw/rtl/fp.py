@@ -501,3 +501,26 @@ class FpConvert(wiring.Component):
             self.valid_out.eq(delayed(m, self.valid_in, self.latency, "valid")),
         ]
         return m
+
+
+# The operators by name, and the mixed forms a unit with a wider accumulator uses.
+OPS = {"mul": FpMul, "add": FpAdd}
+
+
+def operand_formats(op: str, fmt: str, acc_fmt: str | None = None) -> tuple[str, str, str]:
+    """(a, b, result) formats: all ``fmt``, or with an accumulator format the
+    mixed forms the unit uses: ``fmt`` x ``fmt`` -> ``acc_fmt`` (squares into
+    the accumulator) and ``acc_fmt`` + ``fmt`` -> ``acc_fmt`` (a sum taking a
+    datapath value)."""
+    if op not in OPS:
+        raise ValueError(f"unknown operator {op!r}; choose one of {', '.join(OPS)}")
+    fmt = FpFormat.of(fmt).name
+    if acc_fmt is None or FpFormat.of(acc_fmt).name == fmt:
+        return fmt, fmt, fmt
+    acc = FpFormat.of(acc_fmt).name
+    return (fmt, fmt, acc) if op == "mul" else (acc, fmt, acc)
+
+
+def operator(op: str, fmt: str, latency: int, acc_fmt: str | None = None):
+    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
+    return OPS[op](fr, latency=latency, inputs=(fa, fb))

@@ -32,7 +32,7 @@ from ..._arith import Arithmetic
 from ..._validation import IterSettings
 from ...rsqrt import iteration_ops
 from ...schedules import Iteration
-from ..simulator import Unit, scalar_unit
+from ..model.schedule import Unit, scalar_unit
 from .expo import (
     ExponentSplit,
     MagicStart,

@@ -13,32 +13,14 @@ from the cycle q is taken to the cycle r is valid.
 
 from __future__ import annotations
 
-import torch
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..._arith import Arithmetic
-from ...formats import decode, encode
-from ...rsqrt import exponent_split
 from .expo import ExponentSplit, fixed_results
 from .fp import FpFormat, Unpacked, round_pack
 
-__all__ = ["SqrtDivide", "sqrt_divide_reference"]
-
-
-def sqrt_divide_reference(q_bits: torch.Tensor, fmt: str) -> torch.Tensor:
-    """The library's rnd(1 / rnd(sqrt(qn))) * 2**-j for each bit pattern, with
-    iter_rsqrt's results for q <= 0, inf and NaN: the unit's definition."""
-    ar = Arithmetic.resolve(torch.float64, fmt, None)
-    q = decode(q_bits, fmt)
-    ok = torch.isfinite(q) & (q > 0)
-    safe = torch.where(ok, q, 1.0)
-    j = exponent_split(safe)
-    qn = ar.rnd(ar.scale(safe, -2 * j))
-    r = ar.rnd(ar.scale(ar.rnd(1.0 / ar.sqrt(qn)), -j))
-    special = torch.where(q == 0, float("inf"), torch.where(q == float("inf"), 0.0, float("nan")))
-    return encode(torch.where(ok, r, special), fmt)
+__all__ = ["SqrtDivide"]
 
 
 class SqrtDivide(wiring.Component):

@@ -10,7 +10,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .export import operator
+from .fp import operator
 
 __all__ = ["StreamOperator"]
 

@@ -82,7 +82,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..._arith import Arithmetic
 from ...formats import encode
-from ..config import D_MAX, D_MIN, UnitConfig, get_preset
+from ..model.config import D_MAX, D_MIN, UnitConfig, get_preset
 from .fp import FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
 from .rsqrt_unit import RsqrtUnit
 from .sqrt_unit import SqrtUnit

@@ -1,5 +1,5 @@
 """Verilog, a self-checking testbench and test vectors for the normalization
-unit ``iterl2norm_unit`` (:mod:`.unit`).
+unit ``iterl2norm_unit`` (:mod:`iterl2norm.hw.rtl.unit`).
 
 :func:`write_unit` writes into a directory ``iterl2norm_unit.v``, ``tb.v``
 (module ``tb``), ``inputs.hex`` (each vector: a line with its d in decimal,
@@ -19,75 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...formats import FORMATS, encode, round_to_format
-from ..config import check_d, get_preset
-from ..reference import affine_constants, arithmetic, reference
-from ..simulator import simulate
+from ..model.config import check_d, get_preset
+from ..rtl.unit import NormUnit
 from .export import TESTBENCH_END, output_dir, testbench_common, verilog
-from .unit import NormUnit
+from .vectors import unit_params, unit_rows, unit_vectors
 
-__all__ = ["ROW_KINDS", "unit_params", "unit_rows", "unit_vectors", "write_unit"]
+__all__ = ["write_unit"]
 
 TOP = "iterl2norm_unit"
-ROW_KINDS = ("gaussian", "outliers", "zero", "constant", "largest", "smallest", "nan", "inf")
-
-
-def unit_rows(d: int, fmt: str, count: int, seed: int = 0) -> torch.Tensor:
-    """``count`` rows of length d in float64, cycling through ROW_KINDS:
-    Gaussian rows, rows with a few outliers 1000x the rest, zero rows,
-    constant rows, rows near the format's largest value (whose squares
-    overflow) and smallest normal (whose squares underflow), rows with a NaN
-    and rows with an inf."""
-    f = FORMATS[fmt]
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for n in range(count):
-        kind = ROW_KINDS[n % len(ROW_KINDS)]
-        x = torch.randn(d, generator=g, dtype=torch.float64)
-        if kind == "outliers":
-            x[torch.randint(0, d, (3,), generator=g)] *= 1000
-        elif kind == "zero":
-            x = torch.zeros(d, dtype=torch.float64)
-        elif kind == "constant":
-            x = torch.full((d,), float(x[0]), dtype=torch.float64)
-        elif kind == "largest":
-            x = x.clamp(-3, 3) * (f.max / 4)
-        elif kind == "smallest":
-            x = x * f.smallest_normal
-        elif kind == "nan":
-            x[int(torch.randint(0, d, (1,), generator=g))] = float("nan")
-        elif kind == "inf":
-            x[int(torch.randint(0, d, (1,), generator=g))] = float("inf")
-        rows.append(x)
-    return torch.stack(rows) if rows else torch.zeros(0, d, dtype=torch.float64)
-
-
-def unit_params(cfg, d: int, seed: int = 0, *, gamma=None, beta=None):
-    """LayerNorm's gamma and beta at d (given, or for a test: gamma near 1, a
-    few negative, beta near 0; float64) and the bits the unit stores for
-    them, sqrt(d) gamma and beta in the datapath format: (gamma, beta,
-    (g bits, b bits))."""
-    cfg = get_preset(cfg)
-    g = torch.Generator().manual_seed(seed)
-    if gamma is None:
-        gamma = 1 + 0.5 * torch.randn(check_d(d), generator=g, dtype=torch.float64)
-    if beta is None:
-        beta = 0.25 * torch.randn(d, generator=g, dtype=torch.float64)
-    scaled, shift = affine_constants(d, gamma, beta, arithmetic(cfg))
-    return gamma, beta, (encode(scaled, cfg.fmt).numpy(), encode(shift, cfg.fmt).numpy())
-
-
-def unit_vectors(
-    cfg, rows: torch.Tensor, gamma=None, beta=None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(input bits, expected bits, cycles) of rows (n, d) for the unit of
-    ``cfg`` (with LayerNorm's ``gamma`` and ``beta`` when it is affine)."""
-    cfg = get_preset(cfg)
-    check_d(rows.shape[-1])
-    x = round_to_format(rows.to(torch.float64), cfg.fmt)
-    want = reference(x, cfg, gamma, beta)
-    cycles = simulate(x[:1], cfg).cycles  # the schedule does not depend on the data
-    return encode(x, cfg.fmt).numpy(), encode(want, cfg.fmt).numpy(), cycles
 
 
 def _vector_lines(d: int, bits: np.ndarray, width: int) -> str:

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ...formats import decode, encode
+from ..rtl.fp import FpFormat, operator
 from .cxxrtl import compile_operator, exhaustive
-from .export import library_result, operator
-from .fp import FpFormat
+from .vectors import library_result
 
 __all__ = ["check_every_pair"]
 

@@ -1,7 +1,7 @@
 """The normalization unit's area by block: the unit's Verilog through the
 hierarchical flow of :func:`~.synth.synthesize_modules`, each of the top
 module's instances assigned to a block by its name in
-:class:`~.unit.NormUnit`, and the memories' bits counted apart.
+:class:`~iterl2norm.hw.rtl.unit.NormUnit`, and the memories' bits counted apart.
 
 The blocks:
 

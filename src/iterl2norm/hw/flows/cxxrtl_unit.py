@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rtl.unit import NormUnit
 from .cxxrtl import _compile
-from .unit import NormUnit
 
 __all__ = ["compile_unit", "run_unit_compiled"]
 

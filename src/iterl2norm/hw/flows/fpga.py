@@ -18,7 +18,7 @@ allowed (log ``fpga_pnr.log``, report ``fpga_pnr.json``).
 Two flows (``flow``): ``"flattened"`` gives Yosys the whole design at once,
 so it optimizes across module ports; ``"by-module"`` first merges the
 modules that are identical but for their name
-(:func:`~iterl2norm.hw.rtl.synth.merge_identical_modules`: a unit's P lane
+(:func:`~iterl2norm.hw.flows.synth.merge_identical_modules`: a unit's P lane
 multipliers become one module, ``fpga_merged.v``) and runs ``synth_ecp5
 -noflatten``, so that ABC maps each distinct module once. ABC on the whole
 flattened netlist of the larger units (the sqrt + divide unit, the 32-lane

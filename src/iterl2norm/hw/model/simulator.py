@@ -19,32 +19,18 @@ from fractions import Fraction
 
 import torch
 
-from .. import rsqrt
-from .._pipeline import row_exponent
-from ..schedules import start_estimate
+from ... import rsqrt
+from ..._pipeline import row_exponent
+from ...schedules import start_estimate
 from .config import UnitConfig, check_d
 from .reference import affine_constants, arithmetic, scaled_product, scaled_quotient
+from .schedule import Unit, scalar_unit
 
 
 @dataclass
 class Value:
     data: torch.Tensor  # (rows,)
     ready: int  # first cycle at which it can be used
-
-
-class Unit:
-    """``count`` pipelined instances with one latency."""
-
-    def __init__(self, name: str, latency: int, count: int):
-        self.name, self.latency, self.count = name, latency, count
-        self.issued: Counter = Counter()
-
-    def issue(self, earliest: int) -> int:
-        cycle = earliest
-        while self.issued[cycle] >= self.count:
-            cycle += 1
-        self.issued[cycle] += 1
-        return cycle
 
 
 @dataclass
@@ -338,17 +324,6 @@ def _steps(m: Machine, qn: Value, a: Value, marks: dict, iteration=None) -> Valu
             values[op.out] = m.op(*scalar_unit(ar, op), _rounded(ar, op.kind), *args)
         marks[f"step {n + 1}"] = values["a"].ready
     return values["a"]
-
-
-def scalar_unit(ar, op: rsqrt.Op) -> tuple[str, str]:
-    """(unit, kind) that runs ``op``: a product with a power-of-two constant
-    is an exponent-field shift, other products the multiplier's, sums the adder's."""
-    if op.kind != "mul":
-        return "scalar.add", "add"
-    constant = next((v for v in (op.a, op.b) if not isinstance(v, str)), None)
-    if constant is not None and math.frexp(ar.const(constant))[0] == 0.5:
-        return "exp", "exp"
-    return "scalar.mul", "mul"
 
 
 def _rounded(ar, kind: str):

@@ -14,48 +14,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ...formats import decode, encode
-from ...normalize import iter_rsqrt
-from ..simulator import rsqrt_stages
+from ..model.simulator import rsqrt_stages
+from ..rtl.fp import FpFormat
+from ..rtl.rsqrt_unit import RsqrtUnit
+from ..rtl.sqrt_divide import SqrtDivide
 from .export import TESTBENCH_END, hex_lines, output_dir, testbench_common, verilog
-from .fp import FpFormat
-from .rsqrt_unit import RsqrtUnit
-from .sqrt_divide import SqrtDivide, sqrt_divide_reference
+from .vectors import rsqrt_inputs, rsqrt_vectors, sqrt_divide_reference
 
-__all__ = ["rsqrt_inputs", "rsqrt_vectors", "write_rsqrt", "write_sqrt_divide"]
+__all__ = ["write_rsqrt", "write_sqrt_divide"]
 
 TOP = "iterl2norm_rsqrt"
 SQRT_DIVIDE = "iterl2norm_sqrt_divide"
-
-
-def rsqrt_inputs(fmt: str, count: int, seed: int = 0) -> np.ndarray:
-    """q bit patterns: for a 16-bit format every pattern when ``count`` reaches
-    2^16; else every class (zeros, subnormals, normals of each exponent and
-    both parities, the largest finite, inf, NaN, negatives), then random
-    positive finite patterns and random patterns."""
-    f = FpFormat.of(fmt)
-    if f.width == 16 and count >= 1 << 16:
-        return np.arange(1 << 16, dtype=np.int64)
-    top = (1 << f.ebits) - 1
-    fixed = [0, 1, 2, 3, (1 << f.mbits) - 1, top << f.mbits, (top << f.mbits) | 1]
-    fixed += [(e << f.mbits) | frac for e in range(1, top) for frac in (0, (1 << f.mbits) - 1)]
-    fixed += [v | (1 << (f.width - 1)) for v in (0, 1, f.bias << f.mbits, top << f.mbits)]
-    rng = np.random.Generator(np.random.PCG64(seed))
-    rest = max(count - len(fixed), 0)
-    positive = rng.integers(1, top << f.mbits, rest - rest // 8)
-    anything = rng.integers(0, 1 << f.width, rest // 8)
-    return np.concatenate([np.array(fixed, dtype=np.int64), positive, anything])[: max(count, 1)]
-
-
-def rsqrt_vectors(unit_args: dict, q: np.ndarray) -> np.ndarray:
-    """iter_rsqrt's result bits for each q, with the unit's settings."""
-    fmt = unit_args["fmt"]
-    settings = {k: v for k, v in unit_args.items() if k not in ("fmt", "latencies")}
-    r = iter_rsqrt(decode(torch.from_numpy(q), fmt), fmt=fmt, **settings)
-    return encode(r, fmt).numpy()
 
 
 def testbench(fmt: FpFormat, cycles: int, top: str = TOP) -> str:
@@ -166,7 +137,7 @@ def write_rsqrt(
 def write_sqrt_divide(
     out: str | Path, fmt: str, *, count: int = 4096, seed: int = 0, synthesis: bool = True
 ) -> tuple[list[Path], dict]:
-    """The same for the sqrt + divide unit (:mod:`.sqrt_divide`)."""
+    """The same for the sqrt + divide unit (:mod:`iterl2norm.hw.rtl.sqrt_divide`)."""
     unit = SqrtDivide(fmt)
     f = unit.fmt
     if not isinstance(count, int) or count < 1:

@@ -12,10 +12,10 @@ from fractions import Fraction
 
 import torch
 
-from .. import rsqrt, schedules
-from .._arith import Arithmetic
-from .._pipeline import row_exponent
-from ..formats import ldexp
+from ... import rsqrt, schedules
+from ..._arith import Arithmetic
+from ..._pipeline import row_exponent
+from ...formats import ldexp
 from .config import UnitConfig, check_d
 
 

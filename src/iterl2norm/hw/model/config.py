@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-from .._validation import MODES, check_int
-from ..formats import get_format
-from ..methods import method_name
-from ..rsqrt import INITS
-from ..schedules import (
+from ..._validation import MODES, check_int
+from ...formats import get_format
+from ...methods import method_name
+from ...rsqrt import INITS
+from ...schedules import (
     SCHEDULES,
     Iteration,
     euler_iteration,

@@ -20,47 +20,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
+from ..rtl.fp import FpFormat, operator
+from .vectors import test_vectors
 
-from ...formats import decode, encode, round_to_format
-from .fp import FpAdd, FpFormat, FpMul
+__all__ = ["hex_lines", "output_dir", "verilog", "write_op"]
 
-__all__ = [
-    "OPS",
-    "close_exponent_pairs",
-    "hex_lines",
-    "library_result",
-    "mixed_pairs",
-    "operand_formats",
-    "operator",
-    "output_dir",
-    "test_vectors",
-    "verilog",
-    "write_op",
-]
-
-OPS = {"mul": FpMul, "add": FpAdd}
 TOP = "iterl2norm_op"
-
-
-def operand_formats(op: str, fmt: str, acc_fmt: str | None = None) -> tuple[str, str, str]:
-    """(a, b, result) formats: all ``fmt``, or with an accumulator format the
-    mixed forms the unit uses: ``fmt`` x ``fmt`` -> ``acc_fmt`` (squares into
-    the accumulator) and ``acc_fmt`` + ``fmt`` -> ``acc_fmt`` (a sum taking a
-    datapath value)."""
-    if op not in OPS:
-        raise ValueError(f"unknown operator {op!r}; choose one of {', '.join(OPS)}")
-    fmt = FpFormat.of(fmt).name
-    if acc_fmt is None or FpFormat.of(acc_fmt).name == fmt:
-        return fmt, fmt, fmt
-    acc = FpFormat.of(acc_fmt).name
-    return (fmt, fmt, acc) if op == "mul" else (acc, fmt, acc)
-
-
-def operator(op: str, fmt: str, latency: int, acc_fmt: str | None = None):
-    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
-    return OPS[op](fr, latency=latency, inputs=(fa, fb))
 
 
 def verilog(component, name: str = TOP) -> str:
@@ -68,55 +33,6 @@ def verilog(component, name: str = TOP) -> str:
     from amaranth.back import verilog as back
 
     return back.convert(component, name=name, emit_src=False)
-
-
-def close_exponent_pairs(fmt: str, n: int, rng: np.random.Generator, fmt_b: str | None = None):
-    """``n`` finite operand pairs (a in ``fmt``, b in ``fmt_b``, default the
-    same) whose exponents differ by at most the precision plus four:
-    alignment, sticky bits and cancellation."""
-    f, g = FpFormat.of(fmt), FpFormat.of(fmt_b or fmt)
-    exp_a = rng.integers(0, (1 << f.ebits) - 1, n)
-    near = exp_a - f.bias + g.bias + rng.integers(-(f.mbits + 5), f.mbits + 6, n)
-    exp_b = np.clip(near, 0, (1 << g.ebits) - 2)
-    frac_a, frac_b = rng.integers(0, 1 << f.mbits, n), rng.integers(0, 1 << g.mbits, n)
-    sign_a, sign_b = rng.integers(0, 2, n), rng.integers(0, 2, n)
-    a = (sign_a << (f.width - 1)) | (exp_a << f.mbits) | frac_a
-    b = (sign_b << (g.width - 1)) | (exp_b << g.mbits) | frac_b
-    return a, b
-
-
-def mixed_pairs(
-    fmt: str, random: int, close: int, rng: np.random.Generator, fmt_b: str | None = None
-):
-    """``random`` pairs of random bit patterns (every class), then ``close``
-    pairs from :func:`close_exponent_pairs`."""
-    wa, wb = FpFormat.of(fmt).width, FpFormat.of(fmt_b or fmt).width
-    a, b = rng.integers(0, 1 << wa, random), rng.integers(0, 1 << wb, random)
-    near_a, near_b = close_exponent_pairs(fmt, close, rng, fmt_b)
-    return np.concatenate([a, near_a]), np.concatenate([b, near_b])
-
-
-def library_result(
-    op: str, fmt: str, a: np.ndarray, b: np.ndarray, acc_fmt: str | None = None
-) -> torch.Tensor:
-    """The library's values for a op b (formats as :func:`operand_formats`):
-    the exact result rounded once. Float64 holds every product of two operands
-    of these formats, and a float64 sum rounded to them rounds once (53 bits
-    are more than 2 p + 1 for p <= 24)."""
-    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
-    va, vb = decode(torch.from_numpy(a), fa), decode(torch.from_numpy(b), fb)
-    return round_to_format(va * vb if op == "mul" else va + vb, fr)
-
-
-def test_vectors(
-    op: str, fmt: str, count: int, seed: int = 0, acc_fmt: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Operand pairs (half random bit patterns, half with close exponents) and
-    the bits of the library's result for each."""
-    fa, fb, fr = operand_formats(op, fmt, acc_fmt)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    a, b = mixed_pairs(fa, count // 2, count - count // 2, rng, fb)
-    return np.stack([a, b], axis=1), encode(library_result(op, fmt, a, b, acc_fmt), fr).numpy()
 
 
 def hex_lines(values, width: int) -> str:
