@@ -156,7 +156,7 @@ def test_a_newton_unit_matches_the_model():
 @pytest.fixture(scope="module")
 def compiler(tmp_path_factory):
     require_compiled_simulation()
-    from iterl2norm.hw.rtl import cxxrtl
+    from iterl2norm.hw.flows import cxxrtl
 
     root = tmp_path_factory.mktemp("rsqrt")
     names = iter(range(10**6))
