@@ -16,6 +16,7 @@ from ... import rsqrt, schedules
 from ..._arith import Arithmetic
 from ..._pipeline import row_exponent
 from ...formats import ldexp
+from . import schedule
 from .config import UnitConfig, check_d
 
 
@@ -42,42 +43,23 @@ def scaled_quotient(a: torch.Tensor, b: torch.Tensor, n, ar: Arithmetic) -> torc
 
 
 def reduce(values: torch.Tensor, cfg: UnitConfig, ar: Arithmetic) -> torch.Tensor:
-    """Sum over the last dimension in the unit's order. (rows, d) -> (rows,)
-
-    The d values are zero-padded to C chunks of P lanes, chunk c arriving on
-    cycle c. ``"tree"``: a pairwise adder tree reduces each chunk to one
-    value t_c, and accumulator slot s sums the t_c with c = s (mod S) in
-    arrival order. ``"accumulators"``: lane j's slot s sums the chunk values
-    of lane j with c = s (mod S). Every slot starts from its first value (no
-    add), and a pairwise tree over the slots (lane-major), zero-padded to a
-    power of two, gives the total. Every add rounds to the accumulator.
-    """
+    """Sum over the last dimension in the unit's order (:mod:`.schedule`), every
+    add rounded to the accumulator, all rows and chunks at once. (rows, d) -> (rows,)"""
     rows, d = values.shape
-    p, s = cfg.lanes, cfg.slots
+    p = cfg.lanes
     chunks = -(-d // p)
     x = torch.nn.functional.pad(values, (0, chunks * p - d)).reshape(rows, chunks, p)
-    if cfg.reduction == "tree":
-        while x.shape[-1] > 1:
-            x = ar.rnd_acc(x[..., 0::2] + x[..., 1::2])
-        x = x[..., 0].unsqueeze(-1)  # (rows, C, 1): one value per cycle, one "lane"
-    lanes = x.shape[-1]
-    partials = []
-    for lane in range(lanes):
-        for slot in range(s):
-            picked = x[:, slot::s, lane]  # chunks c = slot (mod S), in arrival order
-            if picked.shape[1] == 0:
-                partials.append(torch.zeros_like(x[:, 0, 0]))
-                continue
-            acc = picked[:, 0]
-            for c in range(1, picked.shape[1]):
-                acc = ar.rnd_acc(acc + picked[:, c])
-            partials.append(acc)
-    level = torch.stack(partials, dim=-1)
-    width = 1 << (level.shape[-1] - 1).bit_length()
-    level = torch.nn.functional.pad(level, (0, width - level.shape[-1]))
-    while level.shape[-1] > 1:
-        level = ar.rnd_acc(level[..., 0::2] + level[..., 1::2])
-    return level[..., 0]
+    add = lambda a, b, _level=None: ar.rnd_acc(a + b)  # noqa: E731
+    if cfg.reduction == "tree":  # one value per chunk: a single "lane"
+        x = schedule.tree_sum([x[..., lane] for lane in range(p)], add).unsqueeze(-1)
+    zero = torch.zeros_like(x[:, 0, 0])
+    partials = [
+        zero if held is None else held
+        for lane in range(x.shape[-1])
+        for held in schedule.slot_sums(list(x[:, :, lane].unbind(1)), cfg.slots, add)
+    ]
+    width = schedule.padded_width(len(partials))
+    return schedule.tree_sum(partials + [zero] * (width - len(partials)), add)
 
 
 def statistics(v: torch.Tensor, cfg: UnitConfig, ar: Arithmetic):

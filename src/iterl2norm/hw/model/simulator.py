@@ -22,9 +22,10 @@ import torch
 from ... import rsqrt
 from ..._pipeline import row_exponent
 from ...schedules import start_estimate
+from . import schedule
 from .config import UnitConfig, check_d
 from .reference import affine_constants, arithmetic, scaled_product, scaled_quotient
-from .schedule import Unit, scalar_unit
+from .schedule import Unit
 
 
 @dataclass
@@ -63,6 +64,9 @@ class Machine:
             "affine.add": Unit("affine.add", la, p),
             "scalar.mul": Unit("scalar.mul", lm, 1),
             "scalar.add": Unit("scalar.add", la, 1),
+            # The statistics' own multiplier and adder (the mean, s2 - s1^2 / d).
+            "stats.mul": Unit("stats.mul", lm, 1),
+            "stats.add": Unit("stats.add", la, 1),
             "exp": Unit("exp", le, 1),  # exponent field, integer and table operations
             "sqrt": Unit("sqrt", cfg.sqrt_latency, 1),
             "lane.div": Unit("lane.div", cfg.div_latency, p),
@@ -111,62 +115,97 @@ class Machine:
         return out
 
     def reduce(self, values: list[Value], stream: str) -> Value:
-        """The sum in the unit's order (see reference.reduce), issued on the stream's units."""
+        """The sum in the unit's order (:mod:`.schedule`), issued on the stream's units."""
         cfg, ar = self.cfg, self.ar
-        p, s = cfg.lanes, cfg.slots
-        add = lambda a, b: ar.rnd_acc(a + b)  # noqa: E731
+        p = cfg.lanes
         zero = lambda ready: self.free(torch.zeros(self.rows, dtype=ar.carrier), ready)  # noqa: E731
+
+        def on(unit: str):
+            return lambda a, b, level=None: self.op(
+                unit if level is None else f"{unit}{level}",
+                "add",
+                lambda x, y: ar.rnd_acc(x + y),
+                a,
+                b,
+            )
+
         chunks = [values[i : i + p] for i in range(0, len(values), p)]
-        lanes = []  # per lane (one for the tree), the value arriving each cycle
-        if cfg.reduction == "tree":
+        if cfg.reduction == "tree":  # per chunk, zero-padded, through the lane tree
             arrivals = []
             for chunk in chunks:
                 arrived = max(v.ready for v in chunk)
-                level = chunk + [zero(arrived) for _ in range(p - len(chunk))]
-                depth = 1
-                while len(level) > 1:
-                    level = [
-                        self.op(f"{stream}.tree{depth}", "add", add, level[i], level[i + 1])
-                        for i in range(0, len(level), 2)
-                    ]
-                    depth += 1
-                arrivals.append(level[0])
-            lanes.append(arrivals)
+                leaves = chunk + [zero(arrived) for _ in range(p - len(chunk))]
+                arrivals.append(schedule.tree_sum(leaves, on(f"{stream}.tree")))
+            lanes = [arrivals]
         else:
-            for lane in range(p):
-                lanes.append(
-                    [chunk[lane] if lane < len(chunk) else zero(chunk[0].ready) for chunk in chunks]
-                )
-        partials = []
-        for arrivals in lanes:
-            slots: list[Value | None] = [None] * s
-            for c, value in enumerate(arrivals):
-                held = slots[c % s]
-                slots[c % s] = (
-                    value if held is None else self.op(f"{stream}.acc", "add", add, held, value)
-                )
-            partials += [v if v is not None else zero(0) for v in slots]
-        width = 1 << (len(partials) - 1).bit_length()
-        level = partials + [zero(0) for _ in range(width - len(partials))]
-        while len(level) > 1:
-            level = [
-                self.op(f"{stream}.final", "add", add, level[i], level[i + 1])
-                for i in range(0, len(level), 2)
+            lanes = [
+                [chunk[lane] if lane < len(chunk) else zero(chunk[0].ready) for chunk in chunks]
+                for lane in range(p)
             ]
-        return level[0]
+        partials = [
+            zero(0) if held is None else held
+            for arrivals in lanes
+            for held in schedule.slot_sums(arrivals, cfg.slots, on(f"{stream}.acc"))
+        ]
+        width = schedule.padded_width(len(partials))
+        final = on(f"{stream}.final")
+        return schedule.tree_sum(
+            partials + [zero(0) for _ in range(width - len(partials))],
+            lambda a, b, _level: final(a, b),
+        )
+
+    def run_graph(self, ops, values: dict[str, Value], evaluate) -> None:
+        """Issue each :class:`~.schedule.ScalarOp` of ``ops`` in turn on its
+        unit; ``evaluate(op, operands)`` gives its results (a tuple, one per
+        output) from its operands' data in order (constants as the datapath
+        rounds them); ``values`` holds the named values and gains the results."""
+        for op in ops:
+            args = [values[a] for a in op.args if isinstance(a, str)]
+            ready = max((a.ready for a in args), default=0)
+            if op.unit is None:
+                at = ready
+            else:
+                u = self.units[op.unit]
+                at = u.issue(ready) + u.latency
+            if op.kind:
+                self.ops[op.kind] += 1
+            operands = [
+                values[a].data if isinstance(a, str) else self.ar.const(a[1]) for a in op.args
+            ]
+            data = evaluate(op, operands)
+            for name, value in zip(op.out, data, strict=True):
+                values[name] = Value(value, at)
 
 
-def _start(m: Machine, qn: Value, iteration=None) -> Value:
+def _scalar(
+    m: Machine, q: Value, qn_data, iteration=None, marks=None, phases=None
+) -> tuple[Value | None, dict]:
+    """The scalar unit's graph (:func:`.schedule.scalar_graph`) on q, its
+    first ``phases`` phases (all by default): a, and the values it made;
+    ``marks`` gains each phase's end."""
     ar, iteration = m.ar, iteration or m.cfg.iteration
-    if iteration.start == "table":  # read (c0, c1) from ROM, then c0 - c1 qn
-        c0, c1 = rsqrt.table_lookup(qn.data, ar, iteration.table)
-        coeff = m.op("exp", "lut", lambda _: c1, qn)
-        product = m.op("scalar.mul", "mul", lambda c, q: ar.rnd(c * q), coeff, qn)
-        return m.op("scalar.add", "add", lambda p: ar.rnd(c0 - p), product)
-    if iteration.start == "exponent":
-        return m.free(torch.ones_like(qn.data), qn.ready)  # a_0 = 1: the split did the work
-    kind = "cmp" if iteration.start == "exponent+mantissa" else "int"
-    return m.op("exp", kind, lambda q: start_estimate(q, ar, iteration), qn)
+    table = rsqrt.table_lookup(qn_data, ar, iteration.table) if iteration.start == "table" else None
+
+    def evaluate(op, data):
+        if op.block == "split":  # and the conversion of qn to the datapath: one exponent step
+            return (qn_data, None, None)
+        if op.block == "one":
+            return (torch.ones_like(qn_data),)
+        if op.block == "lut":
+            return table
+        if op.block == "start":
+            return (start_estimate(data[0], ar, iteration),)
+        if op.block == "scale":
+            return (ar.rnd(data[0] * 2.0**op.shift),)
+        x, y = data
+        return (ar.rnd(x * y if op.block == "mul" else x + y if op.block == "add" else x - y),)
+
+    values = {"q": q}
+    for phase, ops in schedule.scalar_graph(iteration, ar)[:phases]:
+        m.run_graph(ops, values, evaluate)
+        if marks is not None:
+            marks[phase] = values["qn" if phase == "exponent split" else "a"].ready
+    return values.get("a"), values
 
 
 def rsqrt_stages(
@@ -180,11 +219,8 @@ def rsqrt_stages(
     )
     m = Machine(cfg, 1)
     q = Value(torch.ones(1, dtype=m.ar.carrier), 0)
-    qn = m.op("exp", "exp", lambda x: x, q)
-    marks = {"exponent split": qn.ready}
-    a = _start(m, qn, iteration)
-    marks["start"] = a.ready
-    _steps(m, qn, a, marks, iteration)
+    marks: dict[str, int] = {}
+    _scalar(m, q, q.data, iteration, marks)
     return _stages(marks)
 
 
@@ -207,17 +243,14 @@ def _statistics(m: Machine, v: torch.Tensor, marks: dict):
     s1 = m.reduce(xs, "sum")  # F values enter the accumulator exactly
     if cfg.statistics == "two-pass":
         s2 = m.reduce([m.op("lane.sq", "mul", mul_acc, x, x) for x in xs], "sq")
-        p = m.op("scalar.mul", "mul", mul_acc, s1, s1)
-        p = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), p)
-        mean = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), s1)
-        q = m.op("scalar.add", "add", lambda a, b: ar.rnd_acc(a - b), s2, p)
-        return True, no_k, q, mean
+        values = _statistics_graph(m, {"s1": s1, "s2": s2, "inv_d": m.const(c)})
+        return True, no_k, values["q"], values["mean"]
     # Three passes. The first also finds the largest exponent: an integer max
     # tree beside the adder tree (one level per cycle) and a running maximum.
     last = max(x.ready for x in xs)
     k = m.free(row_exponent(v)[0][:, 0], last + int(math.log2(cfg.lanes)) + 1)
     m.ops["exp"] += d - 1
-    mean = m.op("scalar.mul", "mul", lambda a: ar.rnd_acc(a * c), s1)
+    mean = _statistics_graph(m, {"s1": s1, "inv_d": m.const(c)})["mean"]
     marks["mean"] = mean.ready  # the second pass is "statistics": the sum of squares
 
     # (y 2^-k)^2: the pre-scale is an exponent offset of the square, rounded once.
@@ -228,6 +261,19 @@ def _statistics(m: Machine, v: torch.Tensor, marks: dict):
         squares.append(m.op("lane.sq", "mul", square, y, k))
         m.ops["exp"] += 1  # the offset's exponent addition
     return True, k, m.reduce(squares, "sq"), mean
+
+
+def _statistics_graph(m: Machine, values: dict[str, Value]) -> dict[str, Value]:
+    """The statistics' scalar operations (:func:`.schedule.statistics_graph`),
+    rounded to the accumulator."""
+    ar = m.ar
+
+    def evaluate(op, data):
+        x, y = data
+        return (ar.rnd_acc(x * y if op.block == "mul" else x - y),)
+
+    m.run_graph(schedule.statistics_graph(m.cfg.statistics), values, evaluate)
+    return values
 
 
 def simulate(
@@ -251,10 +297,14 @@ def simulate(
     bad = ~torch.isfinite(q.data)
     q_safe = torch.where(empty | bad, torch.ones_like(q.data), q.data)
     j = rsqrt.exponent_split(q_safe)
-    # The exponent split and the conversion of qn to the datapath: one exponent-field step.
-    qn = m.op("exp", "exp", lambda _: ar.rnd(ar.scale(q_safe, -2 * j)), q)
-    a = _start(m, qn)
-    marks["initialization"] = a.ready
+    # The exponent split and the conversion of qn to the datapath (one exponent-field
+    # step), then the start and the steps (scalar mode), or the start alone (vector
+    # mode), or nothing more (the exact method: a square root follows).
+    phases = 1 if cfg.method == "exact" else 2 if cfg.mode == "vector" else None
+    scalar_marks: dict[str, int] = {}
+    a, values = _scalar(m, q, ar.rnd(ar.scale(q_safe, -2 * j)), marks=scalar_marks, phases=phases)
+    qn = values["qn"]
+    marks["initialization"] = scalar_marks.get("start", qn.ready)
 
     def y_of(xv: Value) -> Value:  # y = x - mean; its pre-scale 2^-k is folded into its user
         return m.op("lane.sub", "add", ar.sub_once, xv, mean) if centres else xv
@@ -273,7 +323,7 @@ def simulate(
             for xv in m.read(v, root.ready)
         ]
     else:
-        a = _steps(m, qn, a, marks)
+        marks.update((k, v) for k, v in scalar_marks.items() if k.startswith("step "))
         outs = [
             m.op(
                 "lane.mul",
@@ -310,27 +360,6 @@ def simulate(
         dict(m.ops),
         _trace(m, total) if trace else None,
     )
-
-
-def _steps(m: Machine, qn: Value, a: Value, marks: dict, iteration=None) -> Value:
-    """The iteration's steps on the scalar unit, operation by operation as
-    rsqrt.step_ops defines them: products with a power of two on the
-    exponent unit (a shift), other products on the multiplier, sums on the adder."""
-    ar = m.ar
-    values = {"qn": qn, "a": a}
-    for n, ops in enumerate(rsqrt.iteration_ops((iteration or m.cfg.iteration).steps)):
-        for op in ops:
-            args = [values[v] if isinstance(v, str) else m.const(ar.const(v)) for v in (op.a, op.b)]
-            values[op.out] = m.op(*scalar_unit(ar, op), _rounded(ar, op.kind), *args)
-        marks[f"step {n + 1}"] = values["a"].ready
-    return values["a"]
-
-
-def _rounded(ar, kind: str):
-    def fn(x, y):
-        return ar.rnd(x * y if kind == "mul" else x + y if kind == "add" else x - y)
-
-    return fn
 
 
 def _vector(m: Machine, v, y_of, shift, a0: Value, marks) -> list[Value]:

@@ -1,17 +1,18 @@
 """The scalar unit ``iterl2norm_rsqrt``: r = q**-0.5 with no division and no
-square root, exactly as ``iter_rsqrt`` computes it, built as the hardware
-model (:mod:`iterl2norm.hw.simulator`) builds it.
+square root, exactly as ``iter_rsqrt`` computes it, built from the model's
+schedule (:mod:`iterl2norm.hw.model.schedule`).
 
-One multiplier, one adder and the exponent-field blocks run the iteration's
-operations (``rsqrt.step_ops``, the one description of a step) on a
-dependency chain. The schedule is static: each operation issues at the first
-cycle its operands are ready and its unit is free (the model's rule,
-``simulator.Unit``), so the unit takes exactly the cycles the model counts
-for the exponent split, the start and the steps. A cycle counter selects
-each unit's operands; every result lands in a register named after its
-value, and an operation issued on the cycle its operand appears reads it
-from the unit's output (a bypass). The final r = a * 2**-j and the fixed
-results for q <= 0, inf and NaN are combinational on the output.
+One multiplier, one adder and the exponent-field blocks run the scalar
+graph (``scalar_graph``: the split, the start, the operations of each step
+as ``rsqrt.step_ops`` defines them) on a dependency chain, placed by the
+model's issue rule (``scalar_schedule``): each operation issues at the first
+cycle its operands are ready and its unit is free, so the unit takes exactly
+the cycles the simulator counts for the exponent split, the start and the
+steps. A cycle counter selects each unit's operands; every result lands in
+a register named after its value, and an operation issued on the cycle its
+operand appears reads it from the unit's output (a bypass). The final
+r = a * 2**-j and the fixed results for q <= 0, inf and NaN are
+combinational on the output.
 
 Ports (``amaranth.lib.stream``, valid/ready): ``i`` takes q, ``o`` gives r.
 The unit holds one q at a time: ``i.ready`` is high while it is idle; ``o``
@@ -20,9 +21,6 @@ holds its result until taken.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
@@ -30,9 +28,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..._arith import Arithmetic
 from ..._validation import IterSettings
-from ...rsqrt import iteration_ops
 from ...schedules import Iteration
-from ..model.schedule import Unit, scalar_unit
+from ..model.schedule import Issue, scalar_schedule
 from .expo import (
     ExponentSplit,
     MagicStart,
@@ -47,65 +44,14 @@ from .fp import FpAdd, FpFormat, FpMul
 __all__ = ["Issue", "RsqrtUnit", "schedule"]
 
 
-@dataclass(frozen=True)
-class Issue:
-    """One operation of the static schedule: ``block`` computes ``out`` from
-    ``args`` (value names or ("const", bits)), issued at ``cycle``, its result
-    ready ``ready`` (the block's output on that cycle)."""
-
-    block: str  # "split", "start", "lut", "scale", "mul", "add", "sub"
-    out: tuple[str, ...]
-    args: tuple
-    cycle: int
-    ready: int
-    shift: int = 0  # "scale": the power of two
-
-
 def schedule(
     fmt: FpFormat, iteration: Iteration, mul_latency: int, add_latency: int, exp_latency: int
 ) -> tuple[list[Issue], dict[str, int]]:
-    """The unit's operations in issue order, and the cycle each value named
-    by the output (qn, j, cls, a) is ready; ``a`` at the last cycle."""
+    """The unit's operations in issue order, as the model places them
+    (:func:`iterl2norm.hw.model.schedule.scalar_schedule`), and the cycle each
+    value is ready; ``a`` at the last cycle."""
     ar = Arithmetic.resolve(torch.float32, fmt.name, None)
-    units = {
-        "exp": Unit("exp", exp_latency, 1),
-        "scalar.mul": Unit("scalar.mul", mul_latency, 1),
-        "scalar.add": Unit("scalar.add", add_latency, 1),
-    }
-    ready = {"q": 0}
-    issues: list[Issue] = []
-
-    def issue(unit: str, block: str, out: tuple[str, ...], args: tuple, shift: int = 0):
-        earliest = max((ready[a] for a in args if isinstance(a, str)), default=0)
-        u = units[unit]
-        cycle = u.issue(earliest)
-        issues.append(Issue(block, out, args, cycle, cycle + u.latency, shift))
-        for name in out:
-            ready[name] = cycle + u.latency
-
-    issue("exp", "split", ("qn", "j", "cls"), ("q",))
-    if iteration.start == "exponent":
-        ready["a"] = ready["qn"]  # a_0 = 1: the split did the work
-    elif iteration.start == "table":
-        issue("exp", "lut", ("c0", "c1"), ("qn",))
-        issue("scalar.mul", "mul", ("p",), ("c1", "qn"))
-        issue("scalar.add", "sub", ("a",), ("c0", "p"))
-    else:
-        issue("exp", "start", ("a",), ("qn",))
-    for ops in iteration_ops(iteration.steps):
-        for op in ops:
-            unit, _ = scalar_unit(ar, op)
-            args = tuple(
-                v if isinstance(v, str) else ("const", constant_bits(v, fmt)) for v in (op.a, op.b)
-            )
-            if unit == "exp":  # a product with 2**k
-                value = next(v for v in (op.a, op.b) if not isinstance(v, str))
-                names = tuple(a for a in args if isinstance(a, str))
-                shift = math.frexp(ar.const(value))[1] - 1
-                issue(unit, "scale", (op.out,), names, shift)
-            else:
-                issue(unit, op.kind, (op.out,), args)
-    return issues, ready
+    return scalar_schedule(iteration, ar, mul_latency, add_latency, exp_latency)
 
 
 class RsqrtUnit(wiring.Component):
@@ -155,9 +101,10 @@ class RsqrtUnit(wiring.Component):
             raise
         self.iteration = iteration
         self.latencies = {"mul": mul_latency, "add": add_latency, "exp": exp_latency}
-        self.issues, self.ready = schedule(
-            self.fmt, iteration, mul_latency, add_latency, exp_latency
-        )
+        issues, self.ready = schedule(self.fmt, iteration, mul_latency, add_latency, exp_latency)
+        # The exponent start's a_0 = 1 is no operation: the constant, read where
+        # no operation has written a yet.
+        self.issues = [x for x in issues if x.block != "one"]
         self.cycles = self.ready["a"]
         w = self.fmt.width
         super().__init__(
@@ -237,8 +184,8 @@ class RsqrtUnit(wiring.Component):
             """``name`` as the operation at position ``reader`` of the schedule
             (None: after the last), issued on cycle ``at``, sees it: the
             version of the last operation before it that wrote ``name``."""
-            if isinstance(name, tuple):  # ("const", bits)
-                return Const(name[1], f.width)
+            if isinstance(name, tuple):  # ("const", value), rounded to the datapath
+                return Const(constant_bits(name[1], f), f.width)
             if name == "q":
                 return self.i.payload
             history = versions.get(name, [])
