@@ -237,7 +237,6 @@ def test_a_bad_d_raises_error_and_the_next_vector_runs():
     ("fields", "named"),
     [
         ({"mode": "vector"}, "mode='vector'"),
-        ({"reduction": "accumulators"}, "reduction='accumulators'"),
         ({"acc_slots": 2}, "acc_slots=2"),
         ({"fmt": "fp16", "acc_fmt": "fp32"}, "fmt='fp16' with acc_fmt='fp32'"),
     ],

@@ -28,7 +28,7 @@ __all__ = ["BLOCKS", "block_of", "memory_bits", "unit_synthesis"]
 
 BLOCKS = {
     "lanes": re.compile(r"square\d+"),
-    "reduction": re.compile(r"(sq|sum)_(tree\d+_\d+|accumulator|final)|stats_(mul|add)"),
+    "reduction": re.compile(r"(sq|sum)_(tree\d+_\d+|accumulator|acc\d+|final)|stats_(mul|add)"),
     "scalar unit": re.compile(r"rsqrt|sqrt"),
     "output": re.compile(r"(centre|scale|divide|gamma|beta)\d+"),
 }

@@ -22,7 +22,7 @@ holds its result until taken.
 from __future__ import annotations
 
 import torch
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,7 +41,9 @@ from .expo import (
 )
 from .fp import FpAdd, FpFormat, FpMul
 
-__all__ = ["Issue", "RsqrtUnit", "schedule"]
+__all__ = ["RsqrtUnit", "schedule"]
+
+UNITS = ("exp", "scalar.mul", "scalar.add")  # the model's units this one builds
 
 
 def schedule(
@@ -78,6 +80,7 @@ class RsqrtUnit(wiring.Component):
         add_latency: int = 3,
         exp_latency: int = 1,
         q_fmt=None,
+        trace: bool = False,
     ):
         try:
             self.fmt = FpFormat.of(fmt)
@@ -106,6 +109,10 @@ class RsqrtUnit(wiring.Component):
         # no operation has written a yet.
         self.issues = [x for x in issues if x.block != "one"]
         self.cycles = self.ready["a"]
+        # A simulation probe: operations issued this cycle per unit of the model.
+        self.trace = None
+        if trace:
+            self.trace = {u: Signal(range(2), name=f"trace_{u}") for u in UNITS}
         w = self.fmt.width
         super().__init__(
             {"i": In(stream.Signature(self.q_fmt.width)), "o": Out(stream.Signature(w))}
@@ -249,4 +256,10 @@ class RsqrtUnit(wiring.Component):
         m.submodules.output = out_scale = Pow2Scale(f.name, 0)
         m.d.comb += [out_scale.x.eq(a), out_scale.k.eq(-j)]
         fixed_results(m, f, cls, out_scale.result, self.o.payload)
+        if self.trace is not None:
+            # Schedule cycle 0 is the cycle q is taken; cycle c > 0 is busy at c.
+            at = lambda c: (~busy & self.i.valid) if c == 0 else (busy & (cycle == c))  # noqa: E731
+            for unit, signal in self.trace.items():
+                hits = [at(x.cycle) for x in self.issues if x.op.unit == unit]
+                m.d.comb += signal.eq(Cat(*hits).any() if hits else 0)
         return m

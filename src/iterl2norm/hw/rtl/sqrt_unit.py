@@ -57,7 +57,15 @@ def square_root(m: Module, f: FpFormat, bits, name: str) -> Signal:
 class SqrtUnit(wiring.Component):
     """q (``q_fmt``) -> {root, j}: rnd(sqrt(qn)) in ``fmt`` and the split's j."""
 
-    def __init__(self, fmt, q_fmt=None, *, exp_latency: int = 1, sqrt_latency: int = 12):
+    def __init__(
+        self,
+        fmt,
+        q_fmt=None,
+        *,
+        exp_latency: int = 1,
+        sqrt_latency: int = 12,
+        trace: bool = False,
+    ):
         try:
             self.fmt = FpFormat.of(fmt)
             self.q_fmt = FpFormat.of(q_fmt if q_fmt is not None else fmt)
@@ -71,6 +79,11 @@ class SqrtUnit(wiring.Component):
             self._MustUse__silence = True
             raise
         self.cycles = exp_latency + sqrt_latency
+        self.exp_latency = exp_latency
+        # A simulation probe: the split (unit "exp") and the root ("sqrt") issue.
+        self.trace = (
+            {u: Signal(range(2), name=f"trace_{u}") for u in ("exp", "sqrt")} if trace else None
+        )
         result = data.StructLayout({"root": self.fmt.width, "j": self.q_fmt.exp_shape})
         super().__init__(
             {"i": In(stream.Signature(self.q_fmt.width)), "o": Out(stream.Signature(result))}
@@ -96,4 +109,11 @@ class SqrtUnit(wiring.Component):
             self.o.payload.root.eq(square_root(m, self.fmt, split.qn, "qn")),
             self.o.payload.j.eq(split.j),
         ]
+        if self.trace is not None:
+            # The split is issued as q is taken, the root exp_latency cycles later.
+            at = lambda c: (~busy & self.i.valid) if c == 0 else (busy & (cycle == c))  # noqa: E731
+            m.d.comb += [
+                self.trace["exp"].eq(at(0)),
+                self.trace["sqrt"].eq(at(self.exp_latency)),
+            ]
         return m

@@ -72,6 +72,8 @@ high.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -82,66 +84,51 @@ from amaranth.lib.wiring import In, Out
 
 from ..._arith import Arithmetic
 from ...formats import encode
+from ..model import schedule
 from ..model.config import D_MAX, D_MIN, UnitConfig, get_preset
+from ..model.simulator import Machine
 from .fp import FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
 from .rsqrt_unit import RsqrtUnit
 from .sqrt_unit import SqrtUnit
+from .static import StaticSchedule, negated
 
 __all__ = ["NormUnit", "unsupported_fields"]
 
 
 def unsupported_fields(cfg: UnitConfig) -> list[str]:
-    """The fields of ``cfg`` this RTL does not build, as ``name=value``."""
+    """The fields of ``cfg`` this RTL does not build, as ``name=value``, each
+    with the reason (docs/HARDWARE.md, "What the RTL does not build")."""
     out = []
-    wanted = {
-        "statistics": ("l2", "two-pass", "three-pass"),
-        "mode": ("scalar",),
-        "method": ("iterl2norm", "fisr", "exact"),
-        "reduction": ("tree",),
-    }
-    for name, allowed in wanted.items():
-        if getattr(cfg, name) not in allowed:
-            out.append(f"{name}={getattr(cfg, name)!r}")
+    if cfg.mode != "scalar":
+        out.append(
+            f"mode={cfg.mode!r} (vector mode reduces and updates the whole vector every "
+            "step: the model's comparison, not a unit to build)"
+        )
     if cfg.slots < cfg.add_latency:
-        out.append(f"acc_slots={cfg.acc_slots!r} (fewer than add_latency={cfg.add_latency})")
+        out.append(
+            f"acc_slots={cfg.acc_slots!r} (fewer than add_latency={cfg.add_latency}: "
+            "the accumulator would need a queue of up to 1024/P partial sums)"
+        )
     if (cfg.fmt, cfg.acc_fmt) not in (
         ("fp32", "fp32"),
         ("bf16", "fp32"),
         ("bf16", "bf16"),
         ("fp16", "fp16"),
     ):
-        out.append(f"fmt={cfg.fmt!r} with acc_fmt={cfg.acc_fmt!r}")
+        out.append(
+            f"fmt={cfg.fmt!r} with acc_fmt={cfg.acc_fmt!r} (the scalar unit's j must fit "
+            "the datapath's exponent field)"
+        )
     return out
 
 
-def negated(bits, width: int):
-    """A floating-point value with its sign bit flipped."""
-    return Cat(bits[: width - 1], ~bits[width - 1])
-
-
-class _Tag:
-    """What a beat read from the buffer carries: valid (an output beat),
-    square (a pass-2 beat, three-pass), the vector's last beat, the lanes
-    inside d and its buffer word."""
-
-    KEYS = ("valid", "square", "last", "count", "word")
-
-    def __init__(self, lanes: int, words: int, name: str = "out"):
-        self.valid = Signal(name=f"{name}_valid")
-        self.square = Signal(name=f"{name}_square")
-        self.last = Signal(name=f"{name}_last")
-        self.count = Signal(range(lanes + 1), name=f"{name}_count")
-        self.word = Signal(range(words), name=f"{name}_word")
-
-    def fields(self):
-        return tuple(getattr(self, key) for key in self.KEYS)
-
-    def like(self, name: str) -> _Tag:
-        """A tag of the same shapes (the next register level's)."""
-        tag = object.__new__(_Tag)
-        for key, signal in zip(self.KEYS, self.fields(), strict=True):
-            setattr(tag, key, Signal.like(signal, name=f"{name}_{key}"))
-        return tag
+# What a beat read from the buffer carries down the output pipeline: valid (an
+# output beat), square (a pass-2 beat, three-pass), the vector's last beat, the
+# lanes inside d and its buffer word.
+def tag_layout(lanes: int, words: int) -> data.StructLayout:
+    return data.StructLayout(
+        {"valid": 1, "square": 1, "last": 1, "count": range(lanes + 1), "word": range(words)}
+    )
 
 
 class _Pipeline:
@@ -149,7 +136,7 @@ class _Pipeline:
     ``advance`` is low (the output not taken); ``trail[k]`` is the beat's tag
     after k register levels, ``now`` the lanes' values at the last one."""
 
-    def __init__(self, m: Module, advance, lanes: list, tag: _Tag):
+    def __init__(self, m: Module, advance, lanes: list, tag):
         self.m, self.advance = m, advance
         self.now, self.trail = list(lanes), [tag]
 
@@ -164,10 +151,10 @@ class _Pipeline:
         for level in range(levels):
             regs = [Signal(len(v), name=f"{name}{level}_{n}") for n, v in enumerate(values)]
             prev = self.trail[-1]
-            tag = prev.like(f"{name}{level}")
+            tag = Signal(prev.shape(), name=f"{name}{level}_tag")
             with m.If(self.advance):
                 m.d.sync += [r.eq(v) for r, v in zip(regs, values, strict=True)]
-                m.d.sync += [a.eq(b) for a, b in zip(tag.fields(), prev.fields(), strict=True)]
+                m.d.sync += tag.eq(prev)
             values = regs
             self.trail.append(tag)
         self.now = values
@@ -179,24 +166,30 @@ def _shift_bits(f: FpFormat) -> int:
     return (2 * (f.bias + f.mbits)).bit_length() + 1
 
 
-def _final_tree(width: int) -> list[tuple[tuple[str, int], tuple[str, int]]]:
-    """The pairwise tree over ``width`` leaves, as (left, right) operands in
-    program order; an operand is ("leaf", s) or ("op", k)."""
-    level = [("leaf", s) for s in range(width)]
-    ops = []
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level), 2):
-            ops.append((level[i], level[i + 1]))
-            nxt.append(("op", len(ops) - 1))
-        level = nxt
-    return ops
+@dataclass
+class _Input:
+    """The input side's control signals (see :meth:`NormUnit._input`)."""
+
+    first: Signal  # the first beat of a vector, this cycle
+    accept: Signal  # a beat of the vector, this cycle
+    busy: Signal  # a vector is in the unit, from its first beat to its last output
+    taken: Signal  # beats taken so far
+    c_now: Signal  # C = ceil(d / P), from the first beat's cycle on
+    d_now: Signal  # d, likewise
+    chunks: Signal  # C, registered
+    d_reg: Signal  # d, registered
+    done: Signal  # the last output beat leaves this cycle
 
 
 class NormUnit(wiring.Component):
-    """The normalization unit of ``cfg`` (a :class:`UnitConfig` or a preset name)."""
+    """The normalization unit of ``cfg`` (a :class:`UnitConfig` or a preset name).
 
-    def __init__(self, cfg):
+    ``trace=True`` adds a simulation probe: :attr:`trace`, one signal per unit
+    of the model (``hw.simulate(..., trace=True)``'s names) counting the
+    operations it issues each cycle, for comparing the two schedules cycle by
+    cycle. It drives no port and costs no gates."""
+
+    def __init__(self, cfg, *, trace: bool = False):
         try:
             cfg = get_preset(cfg)
             bad = unsupported_fields(cfg)
@@ -211,7 +204,11 @@ class NormUnit(wiring.Component):
         self.fmt, self.acc = FpFormat.of(cfg.fmt), FpFormat.of(cfg.acc_fmt)
         if cfg.method == "exact":
             self.scalar = SqrtUnit(
-                cfg.fmt, cfg.acc_fmt, exp_latency=cfg.exp_latency, sqrt_latency=cfg.sqrt_latency
+                cfg.fmt,
+                cfg.acc_fmt,
+                exp_latency=cfg.exp_latency,
+                sqrt_latency=cfg.sqrt_latency,
+                trace=trace,
             )
         else:
             self.scalar = RsqrtUnit(
@@ -221,6 +218,7 @@ class NormUnit(wiring.Component):
                 add_latency=cfg.add_latency,
                 exp_latency=cfg.exp_latency,
                 q_fmt=cfg.acc_fmt,
+                trace=trace,
             )
         p, w = cfg.lanes, self.fmt.width
         self.beat = data.StructLayout({"d": range(D_MAX + 1), "x": data.ArrayLayout(w, p)})
@@ -229,6 +227,10 @@ class NormUnit(wiring.Component):
             {"first": 1, "gamma": data.ArrayLayout(w, p), "beta": data.ArrayLayout(w, p)}
         )
         self.buffer_bits = (D_MAX // p) * p * w  # the vector buffer: 1024 elements
+        self.trace = None
+        if trace:
+            units = Machine(cfg, 1).units.values()
+            self.trace = {u.name: Signal(range(u.count + 1), name=f"trace_{u.name}") for u in units}
         ports = {
             "i": In(stream.Signature(self.beat)),
             "o": Out(stream.Signature(self.out_beat)),
@@ -238,159 +240,419 @@ class NormUnit(wiring.Component):
             ports["params"] = In(stream.Signature(self.params_beat))
         super().__init__(ports)
 
+    # The whole unit ------------------------------------------------------------------
+
     def elaborate(self, platform) -> Module:
         m, cfg = Module(), self.cfg
-        f, acc = self.fmt, self.acc
-        p, lm, la = cfg.lanes, cfg.mul_latency, cfg.add_latency
-        words = D_MAX // p
-        chunk_shape = range(words + 1)
-        # The scalar unit: r = q^-1/2, or (exact) sqrt(qn) and j.
-        rsqrt = self.scalar
-        m.submodules["sqrt" if cfg.method == "exact" else "rsqrt"] = rsqrt
+        m.submodules["sqrt" if cfg.method == "exact" else "rsqrt"] = self.scalar
+        self._issued = defaultdict(list)  # model unit -> this cycle's issue counts
+        inp = self._input(m)
+        buffer = Memory(
+            shape=data.ArrayLayout(self.fmt.width, cfg.lanes), depth=D_MAX // cfg.lanes, init=[]
+        )
+        m.submodules.buffer = buffer
+        write = buffer.write_port()
+        m.d.comb += [
+            write.addr.eq(inp.taken),
+            write.data.eq(self.i.payload.x),
+            write.en.eq(inp.accept),
+        ]
+        x, x_valid, x_count = self._first_pass_beat(m, inp)
+        q, q_valid, mean, mean_ready, k = self._statistics(m, inp, x, x_valid, x_count)
+        # Every stage of the output pipeline holds while the output is not taken.
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        tag, read_data = self._reads(m, inp, buffer, advance, mean_ready)
+        pipe = _Pipeline(m, advance, [read_data[lane] for lane in range(cfg.lanes)], tag)
+        if mean is not None:  # y = x - mean, rounded once to the datapath
+            self._lanes_issue("lane.sub", pipe.trail[-1], advance, passes=("valid", "square"))
+            sub = lambda: FpAdd(self.fmt.name, 0, inputs=(self.fmt.name, self.acc.name))  # noqa: E731
+            pipe.stage("centre", sub, lambda lane: negated(mean, self.acc.width), cfg.add_latency)
+        if k is not None:  # pass 2: sum((y 2^-k)^2), lanes past d as zeros
+            at = pipe.trail[-1]
+            inside = [Mux(lane < at.count, y, 0) for lane, y in enumerate(pipe.now)]
+            q, q_valid = self._squares(m, inp, inside, at.square, at.count, -2 * k)
+        empty, bad = self._scalar_unit(m, q, q_valid)
+        self._output(m, inp, pipe, k, empty, bad, advance)
+        self._drive_trace(m, inp, advance)
+        return m
 
-        # Control. loading: pass 1 (beats still to come); busy: a vector is in
-        # the unit, from its first beat to its last output.
-        busy, loading, out_pass = Signal(), Signal(), Signal()
-        chunks = Signal(chunk_shape)  # C = ceil(d / P) of the vector in the unit
-        d_reg = Signal(range(D_MAX + 1))
-        taken = Signal(chunk_shape)  # beats taken so far
-        error = Signal()
+    def _input(self, m) -> _Input:
+        """The input stream: a vector's first beat (with a d in range) starts it;
+        ceil(d / P) beats make it; a bad first beat raises ``error``."""
+        p = self.cfg.lanes
+        chunk_shape = range(D_MAX // p + 1)
+        inp = _Input(
+            first=Signal(name="first"),
+            accept=Signal(name="accept"),
+            busy=Signal(name="busy"),
+            taken=Signal(chunk_shape, name="taken"),
+            c_now=Signal(chunk_shape, name="c_now"),
+            d_now=Signal(range(D_MAX + 1), name="d_now"),
+            chunks=Signal(chunk_shape, name="chunks"),
+            d_reg=Signal(range(D_MAX + 1), name="d_reg"),
+            done=Signal(name="vector_done"),
+        )
+        loading, error = Signal(name="loading"), Signal(name="error_flag")
         m.d.comb += self.error.eq(error)
-
         d_in = self.i.payload.d
         d_ok = (d_in >= D_MIN) & (d_in <= D_MAX)
         chunks_in = Signal(chunk_shape)
         m.d.comb += chunks_in.eq((d_in + (p - 1)) >> (p.bit_length() - 1))
-        m.d.comb += self.i.ready.eq(~busy | loading)
+        m.d.comb += self.i.ready.eq(~inp.busy | loading)
         beat = self.i.valid & self.i.ready
-        first = Signal()  # the first beat of a vector, this cycle
-        m.d.comb += first.eq(beat & ~busy & d_ok)
-        with m.If(beat & ~busy & ~d_ok):
+        m.d.comb += [
+            inp.first.eq(beat & ~inp.busy & d_ok),
+            inp.accept.eq(inp.first | (beat & inp.busy)),
+            inp.c_now.eq(Mux(inp.first, chunks_in, inp.chunks)),
+            inp.d_now.eq(Mux(inp.first, d_in, inp.d_reg)),
+        ]
+        with m.If(beat & ~inp.busy & ~d_ok):
             m.d.sync += error.eq(1)
-        c_now = Signal(chunk_shape)  # C, valid from the first beat's cycle on
-        d_now = Signal(range(D_MAX + 1))
-        m.d.comb += [
-            c_now.eq(Mux(first, chunks_in, chunks)),
-            d_now.eq(Mux(first, d_in, d_reg)),
-        ]
-        accept = Signal()  # a beat of the vector, this cycle
-        m.d.comb += accept.eq(first | (beat & busy))
-        with m.If(first):
-            m.d.sync += [busy.eq(1), chunks.eq(chunks_in), d_reg.eq(d_in), error.eq(0)]
-        with m.If(accept):
-            m.d.sync += taken.eq(taken + 1)
-            with m.If(taken + 1 == c_now):
+        with m.If(inp.first):
+            m.d.sync += [
+                inp.busy.eq(1),
+                inp.chunks.eq(chunks_in),
+                inp.d_reg.eq(d_in),
+                error.eq(0),
+            ]
+        with m.If(inp.accept):
+            m.d.sync += inp.taken.eq(inp.taken + 1)
+            with m.If(inp.taken + 1 == inp.c_now):
                 m.d.sync += loading.eq(0)
-            with m.Elif(first):
+            with m.Elif(inp.first):
                 m.d.sync += loading.eq(1)
+        # The vector leaves with its last beat.
+        with m.If(inp.done):
+            m.d.sync += [inp.busy.eq(0), inp.taken.eq(0)]
+        self._issued["read"].append(inp.accept)
+        return inp
 
-        # The buffer: beat c at word c.
-        m.submodules.buffer = buffer = Memory(
-            shape=data.ArrayLayout(f.width, p), depth=words, init=[]
-        )
-        write = buffer.write_port()
-        m.d.comb += [
-            write.addr.eq(taken),
-            write.data.eq(self.i.payload.x),
-            write.en.eq(accept),
-        ]
-        if cfg.affine:
-            gamma, beta = self._params(m, busy)
-
-        # Pass 1: the beat, registered, lanes past d zeroed.
-        x_reg = Signal(data.ArrayLayout(f.width, p))
-        x_valid = Signal()
-        m.d.sync += x_valid.eq(accept)
-        with m.If(accept):
+    def _first_pass_beat(self, m, inp: _Input):
+        """Pass 1's beat, registered, lanes past d zeroed: (lanes, valid, the
+        count of lanes inside d)."""
+        f, p = self.fmt, self.cfg.lanes
+        x = Signal(data.ArrayLayout(f.width, p), name="x_reg")
+        x_valid = Signal(name="x_valid")
+        x_count = Signal(range(p + 1), name="x_count")
+        m.d.sync += x_valid.eq(inp.accept)
+        with m.If(inp.accept):
             for lane in range(p):
-                inside = taken * p + lane < d_now
-                m.d.sync += x_reg[lane].eq(Mux(inside, self.i.payload.x[lane], 0))
+                inside = inp.taken * p + lane < inp.d_now
+                m.d.sync += x[lane].eq(Mux(inside, self.i.payload.x[lane], 0))
+            last = inp.taken + 1 == inp.c_now
+            m.d.sync += x_count.eq(Mux(last, inp.d_now - inp.taken * p, p))
+        return [x[lane] for lane in range(p)], x_valid, x_count
 
-        # Pass 1's statistics: sum(x^2) (l2, two-pass) and sum(x) (two-pass,
-        # three-pass), each through its adder tree and accumulator.
-        vector_done = Signal()  # the last output beat leaves this cycle
-        sums = (c_now, first, busy, vector_done)
-        if cfg.statistics != "three-pass":
-            s2, s2_valid = self._squares(m, [x_reg[n] for n in range(p)], x_valid, None, sums)
-        if cfg.statistics != "l2":
-            widened = [widen(m, f, acc, x_reg[lane], f"x{lane}") for lane in range(p)]
-            s1, s1_valid = self._accumulate(
-                m, *self._tree(m, widened, x_valid, "sum"), *sums, "sum"
-            )
-        k = None
+    # Statistics -----------------------------------------------------------------------
+
+    def _statistics(self, m, inp, x, x_valid, x_count):
+        """Pass 1's statistics and the scalar operations after them:
+        (q, q valid, mean, mean ready, k); three-pass gives q = None (pass 2
+        makes it) and k, the largest exponent; l2 no mean."""
+        cfg, f, acc = self.cfg, self.fmt, self.acc
+        s2 = s2_valid = None
+        if cfg.statistics != "three-pass":  # sum(x^2), from the beat
+            s2, s2_valid = self._squares(m, inp, x, x_valid, x_count, None)
         if cfg.statistics == "l2":
-            q_now, q_valid, mean = s2, s2_valid, None
-        elif cfg.statistics == "two-pass":  # sum(x) beside sum(x^2), from the same beats
-            q_now, q_valid, mean = self._two_pass(m, s1, s1_valid, s2, s2_valid, d_reg, vector_done)
-        else:  # three-pass: the mean and the largest exponent now, the squares in pass 2
-            mean, mean_ready = self._mean(m, s1, s1_valid, d_reg)
-            k = self._largest_exponent(m, x_reg, x_valid, first)
+            return s2, s2_valid, None, None, None
+        widened = [widen(m, f, acc, value, f"x{lane}") for lane, value in enumerate(x)]
+        s1, s1_valid = self._reduction(m, inp, widened, x_valid, "sum")
+        sources = {"s1": (0, s1), "inv_d": (None, self._inverse_d(m, inp.d_reg))}
+        if s2 is not None:
+            sources["s2"] = (cfg.mul_latency, s2)
+        issues = schedule.statistics_schedule(cfg.statistics, cfg.mul_latency, cfg.add_latency)
+        m.submodules.stats_mul = mul = FpMul(acc.name, cfg.mul_latency)
+        blocks = {"mul": mul}
+        if cfg.statistics == "two-pass":
+            m.submodules.stats_add = blocks["add"] = FpAdd(acc.name, cfg.add_latency)
+        tail = StaticSchedule(m, "stats", issues, s1_valid, blocks, sources, acc.width)
+        self._issued["stats.mul"].append(tail.issues_on("mul"))
+        if "add" in blocks:
+            self._issued["stats.add"].append(tail.issues_on("add"))
+        mean = tail.value("mean")
+        if cfg.statistics == "two-pass":  # sum(x) beside sum(x^2), from the same beats
+            return tail.value("q"), tail.strobe("q"), mean, None, None
+        # Three-pass: the mean and the largest exponent now, the squares in pass 2.
+        return (
+            None,
+            None,
+            mean,
+            tail.strobe("mean"),
+            self._largest_exponent(m, x, x_valid, inp.first),
+        )
 
-        # The buffer's reads, one word a cycle: pass 2 (three-pass) from the
-        # cycle the mean is ready, the output pass from the cycle r is.
-        # Every stage holds while the output is not taken.
-        advance = Signal()
-        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+    def _inverse_d(self, m, d_reg):
+        """1/d in the accumulator format (rounded once), from a table of
+        d = 64..1024, read from the vector's d: its data the cycle after."""
+        ar = Arithmetic.resolve(torch.float32, self.cfg.fmt, self.cfg.acc_fmt)
+        inverse = encode(
+            torch.tensor([ar.const_acc(Fraction(1, d)) for d in range(D_MIN, D_MAX + 1)]),
+            self.cfg.acc_fmt,
+        ).tolist()
+        m.submodules.inverse_d = table = Memory(
+            shape=self.acc.width, depth=len(inverse), init=inverse
+        )
+        port = table.read_port(domain="sync")
+        m.d.comb += [port.addr.eq(d_reg - D_MIN), port.en.eq(1)]
+        return port.data
+
+    def _largest_exponent(self, m, x, x_valid, first):
+        """k = floor(log2 max |x|) over the vector (0 for a zero vector), from
+        the elements' magnitudes: their bit patterns order them (inf and NaN
+        above every finite value; those rows come out NaN whatever k is). A
+        max tree of one level a cycle, then a running maximum."""
+        f = self.fmt
+        level = [value[: f.width - 1] for value in x]
+        valid = x_valid
+        depth = 0
+        while len(level) > 1:
+            depth += 1
+            nxt = []
+            for n in range(0, len(level), 2):
+                larger = Signal(f.width - 1, name=f"max{depth}_{n // 2}")
+                a, b = level[n], level[n + 1]
+                m.d.sync += larger.eq(Mux(a > b, a, b))
+                nxt.append(larger)
+            level = nxt
+            valid = delayed(m, valid, 1, f"max{depth}_valid")
+        top = Signal(f.width - 1, name="max_magnitude")
+        with m.If(first):
+            m.d.sync += top.eq(0)
+        with m.Elif(valid):
+            m.d.sync += top.eq(Mux(top > level[0], top, level[0]))
+        e_field, frac = top[f.mbits :], top[: f.mbits]
+        k = Signal(signed(_shift_bits(f)), name="k")
+        lz = leading_zeros(m, frac, "max_lz")
+        m.d.comb += k.eq(Mux(top == 0, 0, Mux(e_field != 0, e_field - f.bias, f.emin - 1 - lz)))
+        return k
+
+    def _squares(self, m, inp, values, valid, count, shift):
+        """sum(v^2) (times 2^shift, three-pass) over the beats of ``values``
+        (P lanes, ``valid`` a beat of ``count`` lanes inside d): P multipliers
+        into the accumulator format, then the reduction; (sum, valid)."""
+        f, acc, lm = self.fmt, self.acc, self.cfg.mul_latency
+        squares = []
+        for lane, v in enumerate(values):
+            bits = None if shift is None else _shift_bits(f)
+            sq = FpMul(acc.name, lm, inputs=(f.name, f.name), shift_bits=bits)
+            m.submodules[f"square{lane}"] = sq
+            m.d.comb += [sq.a.eq(v), sq.b.eq(v), sq.valid_in.eq(valid)]
+            if shift is not None:
+                m.d.comb += sq.shift.eq(shift)
+            squares.append(sq.result)
+        self._issued["lane.sq"].append(Mux(valid, count, 0))
+        squares_valid = delayed(m, valid, lm, "squares_valid")
+        return self._reduction(m, inp, squares, squares_valid, "sq")
+
+    # The reduction (model.schedule's order) --------------------------------------------
+
+    def _reduction(self, m, inp, leaves, valid, stream):
+        """The sum of ``leaves`` (P values a beat, ``valid``) over the vector:
+        the lane tree (``reduction="tree"``) or one accumulator per lane, the
+        slots, the final tree; (sum, valid)."""
+        if self.cfg.reduction == "tree":
+            leaves, valid = self._lane_tree(m, leaves, valid, stream)
+        return self._accumulate(m, inp, leaves, valid, stream)
+
+    def _lane_tree(self, m, leaves, valid, stream):
+        """A pairwise adder tree, one level per ``add_latency``: ([sum], valid)."""
+        la, p = self.cfg.add_latency, self.cfg.lanes
+        results, level_valid, at_level = [], {1: valid}, defaultdict(int)
+        for left, right, level in schedule.pairwise(p):
+            if level not in level_valid:
+                level_valid[level] = delayed(
+                    m, level_valid[level - 1], la, f"{stream}_tree{level - 1}_valid"
+                )
+            a, b = ((leaves if kind == "leaf" else results)[n] for kind, n in (left, right))
+            add = FpAdd(self.acc.name, la)
+            m.submodules[f"{stream}_tree{level}_{at_level[level]}"] = add
+            at_level[level] += 1
+            m.d.comb += [add.a.eq(a), add.b.eq(b)]
+            results.append(add.result)
+        for level in level_valid:
+            self._issued[f"{stream}.tree{level}"].append(Mux(level_valid[level], p >> level, 0))
+        if not results:
+            return leaves, valid
+        out_valid = delayed(m, level_valid[max(level_valid)], la, f"{stream}_tree_valid")
+        return [results[-1]], out_valid
+
+    def _accumulate(self, m, inp, lanes, valid, stream):
+        """Each lane's accumulator slots, then the final tree on one adder:
+        (the sum, valid). Every flag holds until the vector leaves, so no
+        addition issues twice."""
+        cfg, acc = self.cfg, self.acc
+        s, la = cfg.slots, cfg.add_latency
+        arrivals = Signal(range(D_MAX + 1), name=f"{stream}_arrivals")  # beats absorbed
+        slot = Signal(range(max(s, 2)), name=f"{stream}_slot")  # arrivals mod S
+        with m.If(inp.first):
+            m.d.sync += [arrivals.eq(0), slot.eq(0)]
+        with m.If(valid):
+            m.d.sync += [arrivals.eq(arrivals + 1), slot.eq(Mux(slot == s - 1, 0, slot + 1))]
+        final_now = Signal(name=f"{stream}_final_now")  # this arrival is its slot's last
+        m.d.comb += final_now.eq(arrivals + s >= inp.c_now)
+        loading = arrivals < s
+        live = inp.busy | inp.first
+        tag = delayed(m, slot, la, f"{stream}_acc_tag")
+        tag_final = delayed(m, final_now, la, f"{stream}_acc_final")
+        leaves = []  # (ready now, value now) of each slot, lane-major
+        done_flags = []
+        for lane, value in enumerate(lanes):
+            name = f"{stream}_acc{lane}" if len(lanes) > 1 else f"{stream}_accumulator"
+            m.submodules[name] = adder = FpAdd(acc.name, la)
+            m.d.comb += adder.valid_in.eq(valid & ~loading)
+            out_valid = adder.valid_out
+            values = [Signal(acc.width, name=f"{name}_slot{n}") for n in range(s)]
+            done = [Signal(name=f"{name}_slot{n}_done") for n in range(s)]
+            held = Signal(acc.width, name=f"{name}_held")  # the slot's value as an add reads it
+            m.d.comb += held.eq(values[0])
+            for n in range(s):
+                with m.If(slot == n):
+                    m.d.comb += held.eq(Mux(out_valid & (tag == n), adder.result, values[n]))
+            m.d.comb += [adder.a.eq(held), adder.b.eq(value)]
+            for n in range(s):
+                load_now = valid & loading & (slot == n)
+                add_now = out_valid & (tag == n)
+                with m.If(load_now):
+                    m.d.sync += values[n].eq(value)
+                with m.If(add_now):
+                    m.d.sync += values[n].eq(adder.result)
+                ready_now = Signal(name=f"{name}_slot{n}_ready")
+                empty_slot = inp.c_now <= n  # no beat lands in it: zero from the start
+                m.d.comb += ready_now.eq(
+                    live & (done[n] | (load_now & final_now) | (add_now & tag_final) | empty_slot)
+                )
+                with m.If(ready_now):
+                    m.d.sync += done[n].eq(1)
+                now = Mux(load_now, value, Mux(add_now, adder.result, values[n]))
+                leaves.append((ready_now, Mux(empty_slot, 0, now)))
+            done_flags += done
+        self._issued[f"{stream}.acc"].append(Mux(valid & ~loading, len(lanes), 0))
+        width = schedule.padded_width(len(leaves))
+        leaves += [(live, Const(0, acc.width))] * (width - len(leaves))  # zero padding
+        with m.If(inp.done):
+            m.d.sync += [x.eq(0) for x in done_flags]
+        return self._final_tree(m, inp, leaves, done_flags, stream)
+
+    def _final_tree(self, m, inp, leaves, done_flags, stream):
+        """The pairwise tree over the slots (:func:`~..model.schedule.pairwise`)
+        on one adder, each addition issued as the model's rule says: at the
+        first cycle both its operands are ready, the earlier addition in
+        program order first when two are. The operands' ready cycles depend
+        on d and on the input's gaps, so the rule runs here, on flags."""
+        acc, la = self.acc, self.cfg.add_latency
+        ops = schedule.pairwise(len(leaves))
+        if not ops:  # one slot: the sum is the slot
+            ready, value = leaves[0]
+            q_valid = Signal(name=f"{stream}_sum_valid")
+            m.d.comb += q_valid.eq(ready & ~done_flags[0])
+            return value, q_valid
+        m.submodules[f"{stream}_final"] = final = FpAdd(acc.name, la)
+        issue = Signal(range(len(ops)), name=f"{stream}_final_issue")
+        issue_any = Signal(name=f"{stream}_final_issue_any")
+        result_tag = delayed(m, issue, la, f"{stream}_final_tag")
+        m.d.comb += final.valid_in.eq(issue_any)
+        issued = [Signal(name=f"{stream}_final{k}_issued") for k in range(len(ops))]
+        op_done = [Signal(name=f"{stream}_final{k}_done") for k in range(len(ops))]
+        op_value = [Signal(acc.width, name=f"{stream}_final{k}") for k in range(len(ops))]
+        results = []  # (ready now, value now) of each addition's result
+        for k in range(len(ops)):
+            arrive = final.valid_out & (result_tag == k)
+            ready_now = Signal(name=f"{stream}_final{k}_ready")
+            m.d.comb += ready_now.eq(op_done[k] | arrive)
+            with m.If(arrive):
+                m.d.sync += [op_done[k].eq(1), op_value[k].eq(final.result)]
+            results.append((ready_now, Mux(arrive, final.result, op_value[k])))
+        taken = Const(0, 1)
+        for k, (left, right, _level) in enumerate(ops):
+            (ready_a, value_a), (ready_b, value_b) = (
+                (leaves if kind == "leaf" else results)[n] for kind, n in (left, right)
+            )
+            can = Signal(name=f"{stream}_final{k}_can")
+            m.d.comb += can.eq(~issued[k] & ready_a & ready_b & ~taken)
+            with m.If(can):
+                m.d.comb += [issue.eq(k), issue_any.eq(1), final.a.eq(value_a), final.b.eq(value_b)]
+                m.d.sync += issued[k].eq(1)
+            taken = taken | can
+        self._issued[f"{stream}.final"].append(issue_any)
+        q_valid = Signal(name=f"{stream}_sum_valid")
+        m.d.comb += q_valid.eq(final.valid_out & (result_tag == len(ops) - 1))
+        with m.If(inp.done):
+            m.d.sync += [x.eq(0) for x in issued + op_done]
+        return final.result, q_valid
+
+    # The buffer's reads and the output pass ----------------------------------------------
+
+    def _reads(self, m, inp, buffer, advance, mean_ready):
+        """The buffer read one word a cycle: pass 2 (three-pass) from the cycle
+        the mean is ready, the output pass from the cycle the scale is.
+        Returns the tag of the beat being read (registered with its data) and
+        the read port's data."""
+        p, words = self.cfg.lanes, D_MAX // self.cfg.lanes
         read = buffer.read_port(domain="sync")
-        issued = Signal(chunk_shape)
-        issuing, squaring, second = Signal(), Signal(), Signal()
-        m.d.comb += issuing.eq((rsqrt.o.valid & ~out_pass) | (out_pass & (issued != chunks)))
-        address = Signal(range(words))
-        m.d.comb += [
-            address.eq(Mux(out_pass | second, issued, 0)),
-            read.addr.eq(address),
-            read.en.eq(advance),
-        ]
-        with m.If(rsqrt.o.valid & ~out_pass):
-            m.d.sync += [out_pass.eq(1), issued.eq(1)]
-        with m.Elif(out_pass & advance & (issued != chunks)):
-            m.d.sync += issued.eq(issued + 1)
-        if k is not None:
-            m.d.comb += squaring.eq(mean_ready | (second & (issued != chunks)))
-            with m.If(mean_ready):
-                m.d.sync += [second.eq(1), issued.eq(1)]
-            with m.Elif(second & (issued != chunks)):
-                m.d.sync += issued.eq(issued + 1)
-            with m.Elif(second):
-                m.d.sync += second.eq(0)
-
-        # The stages: each beat carries (valid, last, the lanes inside d, its
-        # buffer word, a pass-2 beat) along; ``trail[k]`` is that after k
-        # register levels past the buffer's read.
-        last_now = address + 1 == chunks
-        tag = _Tag(p, words)
+        scale_ready = self.scalar.o.valid
+        issued = Signal(range(words + 1), name="read_issued")  # words read in this pass
+        reading, squaring = Signal(name="reading"), Signal(name="squaring")
+        address = Signal(range(words), name="read_address")
+        more = issued != inp.chunks
+        with m.FSM(name="reads"):
+            with m.State("idle"):  # word 0 is read on the cycle a pass starts
+                if mean_ready is not None:
+                    with m.If(mean_ready):
+                        m.d.comb += squaring.eq(1)
+                        m.d.sync += issued.eq(1)
+                        m.next = "square"
+                with m.If(scale_ready):
+                    m.d.comb += reading.eq(1)
+                    m.d.sync += issued.eq(1)
+                    m.next = "output"
+            if mean_ready is not None:
+                with m.State("square"):  # pass 2: the squares of y
+                    m.d.comb += [squaring.eq(more), address.eq(issued)]
+                    with m.If(more):
+                        m.d.sync += issued.eq(issued + 1)
+                    with m.Else():
+                        m.next = "idle"
+            with m.State("output"):
+                m.d.comb += [reading.eq(more), address.eq(issued)]
+                with m.If(advance & more):
+                    m.d.sync += issued.eq(issued + 1)
+                with m.If(inp.done):
+                    m.d.sync += issued.eq(0)
+                    m.next = "idle"
+        m.d.comb += [read.addr.eq(address), read.en.eq(advance)]
+        self._issued["read"].append((reading | squaring) & advance)
+        last_now = address + 1 == inp.chunks
+        tag = Signal(tag_layout(p, words), name="read_tag")
         with m.If(advance):
             m.d.sync += [
-                tag.valid.eq(issuing),
+                tag.valid.eq(reading),
                 tag.square.eq(squaring),
                 tag.last.eq(last_now),
-                tag.count.eq(Mux(last_now, d_reg - (chunks - 1) * p, p)),
+                tag.count.eq(Mux(last_now, inp.d_reg - (inp.chunks - 1) * p, p)),
                 tag.word.eq(address),
             ]
-        pipe = _Pipeline(m, advance, [read.data[lane] for lane in range(p)], tag)
-        if mean is not None:  # y = x - mean, rounded once to the datapath
-            sub = lambda: FpAdd(f.name, 0, inputs=(f.name, acc.name))  # noqa: E731
-            pipe.stage("centre", sub, lambda lane: negated(mean, acc.width), la)
-        if k is not None:  # pass 2: sum((y 2^-k)^2), lanes past d as zeros
-            centred, at = pipe.now, pipe.trail[-1]
-            inside = [Mux(lane < at.count, y, 0) for lane, y in enumerate(centred)]
-            q_now, q_valid = self._squares(m, inside, at.square, -2 * k, sums)
+        return tag, read.data
 
-        # The scale, and the row's class: zero q (no direction) or inf/NaN q.
-        m.d.comb += [rsqrt.i.payload.eq(q_now), rsqrt.i.valid.eq(q_valid)]
-        empty, bad = Signal(), Signal()
+    def _scalar_unit(self, m, q, q_valid):
+        """q into the scalar unit, and the row's class: (q <= 0, q inf or NaN)."""
+        acc = self.acc
+        m.d.comb += [self.scalar.i.payload.eq(q), self.scalar.i.valid.eq(q_valid)]
+        empty, bad = Signal(name="row_empty"), Signal(name="row_bad")
         with m.If(q_valid):
-            all_ones = q_now[acc.mbits : acc.mbits + acc.ebits] == (1 << acc.ebits) - 1
-            zero = q_now[: acc.width - 1] == 0
-            m.d.sync += [  # q <= 0, and q inf or NaN (which wins)
-                empty.eq(zero | q_now[acc.width - 1]),
-                bad.eq(all_ones),
-            ]
+            all_ones = q[acc.mbits : acc.mbits + acc.ebits] == (1 << acc.ebits) - 1
+            zero = q[: acc.width - 1] == 0
+            m.d.sync += [empty.eq(zero | q[acc.width - 1]), bad.eq(all_ones)]  # NaN wins
+        return empty, bad
 
-        # The output: y r 2^-j (times 2^-k, three-pass) rounded once, or
-        # (exact) y 2^-(k + j) / sqrt(qn).
+    def _output(self, m, inp, pipe, k, empty, bad, advance):
+        """The output pass: y r 2^-j (times 2^-k, three-pass) rounded once, or
+        (exact) y 2^-(k + j) / sqrt(qn); the fixed rows; the affine part; the
+        output stream. The scale is released as the vector's last beat leaves."""
+        cfg, f, acc = self.cfg, self.fmt, self.acc
+        scalar = self.scalar
         if cfg.method == "exact":
-            offset = -rsqrt.o.payload.j if k is None else -(k + rsqrt.o.payload.j)
+            offset = -scalar.o.payload.j if k is None else -(k + scalar.o.payload.j)
             bits = max(_shift_bits(f), acc.exp_shape.width) + 1
 
             def divide():
@@ -398,7 +660,8 @@ class NormUnit(wiring.Component):
                 m.d.comb += div.shift.eq(offset)
                 return div
 
-            pipe.stage("divide", divide, lambda lane: rsqrt.o.payload.root, cfg.div_latency)
+            self._lanes_issue("lane.div", pipe.trail[-1], advance)
+            pipe.stage("divide", divide, lambda lane: scalar.o.payload.root, cfg.div_latency)
         else:
             if k is None:
                 scale = lambda: FpMul(f.name, 0)  # noqa: E731
@@ -409,20 +672,25 @@ class NormUnit(wiring.Component):
                     m.d.comb += mul.shift.eq(-k)
                     return mul
 
-            pipe.stage("scale", scale, lambda lane: rsqrt.o.payload, lm)
+            self._lanes_issue("lane.mul", pipe.trail[-1], advance)
+            pipe.stage("scale", scale, lambda lane: scalar.o.payload, cfg.mul_latency)
         # The rows with no direction get zeros, the non-finite rows NaN (then
         # the affine part, as the model has it).
         nan = Const(f.quiet_nan(), f.width)
         pipe.now = [Mux(bad, nan, Mux(empty, 0, z)) for z in pipe.now]
         if cfg.affine:
+            gamma, beta = self._params(m, inp.busy)
             for name, memory, operator, latency in (
-                ("gamma", gamma, FpMul, lm),
-                ("beta", beta, FpAdd, la),
+                ("gamma", gamma, FpMul, cfg.mul_latency),
+                ("beta", beta, FpAdd, cfg.add_latency),
             ):
                 port = memory.read_port(domain="sync")
                 # A word's constants are read as the beat enters the stage
                 # before theirs, so they arrive with it.
                 m.d.comb += [port.addr.eq(pipe.trail[-2].word), port.en.eq(advance)]
+                self._lanes_issue(
+                    f"affine.{'mul' if name == 'gamma' else 'add'}", pipe.trail[-1], advance
+                )
                 pipe.stage(
                     name,
                     lambda operator=operator: operator(f.name, 0),
@@ -433,13 +701,8 @@ class NormUnit(wiring.Component):
         for lane, z in enumerate(pipe.now):
             m.d.comb += self.o.payload.z[lane].eq(Mux(lane >= end.count, 0, z))
         m.d.comb += [self.o.valid.eq(end.valid), self.o.payload.last.eq(end.last)]
-
-        # The vector leaves with its last beat; the scale is released then.
-        m.d.comb += vector_done.eq(self.o.valid & self.o.ready & end.last)
-        m.d.comb += rsqrt.o.ready.eq(vector_done)
-        with m.If(vector_done):
-            m.d.sync += [busy.eq(0), out_pass.eq(0), taken.eq(0), issued.eq(0)]
-        return m
+        m.d.comb += inp.done.eq(self.o.valid & self.o.ready & end.last)
+        m.d.comb += scalar.o.ready.eq(inp.done)
 
     def _params(self, m, busy):
         """The affine constants' memories, sqrt(d) gamma and beta, loaded
@@ -466,247 +729,21 @@ class NormUnit(wiring.Component):
             memories.append(memory)
         return memories
 
-    def _tree(self, m, leaves, valid, name):
-        """A pairwise adder tree, one level per ``add_latency``: (sum, valid)."""
-        level, depth = list(leaves), 0
-        while len(level) > 1:
-            depth += 1
-            nxt = []
-            for n in range(0, len(level), 2):
-                add = FpAdd(self.acc.name, self.cfg.add_latency)
-                m.submodules[f"{name}_tree{depth}_{n // 2}"] = add
-                m.d.comb += [add.a.eq(level[n]), add.b.eq(level[n + 1])]
-                nxt.append(add.result)
-            level = nxt
-            valid = delayed(m, valid, self.cfg.add_latency, f"{name}_tree{depth}_valid")
-        return level[0], valid
+    # The trace probe --------------------------------------------------------------------
 
-    def _inverse_d(self, m, d_reg):
-        """1/d in the accumulator format (rounded once), from a table of
-        d = 64..1024, read from the vector's d: its data the cycle after."""
-        ar = Arithmetic.resolve(torch.float32, self.cfg.fmt, self.cfg.acc_fmt)
-        inverse = encode(
-            torch.tensor([ar.const_acc(Fraction(1, d)) for d in range(D_MIN, D_MAX + 1)]),
-            self.cfg.acc_fmt,
-        ).tolist()
-        m.submodules.inverse_d = table = Memory(
-            shape=self.acc.width, depth=len(inverse), init=inverse
-        )
-        port = table.read_port(domain="sync")
-        m.d.comb += [port.addr.eq(d_reg - D_MIN), port.en.eq(1)]
-        return port.data
+    def _lanes_issue(self, unit: str, tag, advance, passes=("valid",)) -> None:
+        """A lane stage issues its beat's lanes inside d as the beat enters it."""
+        entering = Cat(*(getattr(tag, name) for name in passes)).any() & advance
+        self._issued[unit].append(Mux(entering, tag.count, 0))
 
-    def _mean(self, m, s1, s1_valid, d_reg):
-        """The mean s1 (1/d) as s1 arrives, on the statistics multiplier:
-        (the mean, held; the cycle it is ready)."""
-        m.submodules.stats_mul = mul = FpMul(self.acc.name, self.cfg.mul_latency)
-        m.d.comb += [mul.a.eq(s1), mul.b.eq(self._inverse_d(m, d_reg)), mul.valid_in.eq(s1_valid)]
-        mean = Signal(self.acc.width, name="mean")
-        with m.If(mul.valid_out):
-            m.d.sync += mean.eq(mul.result)
-        return mean, mul.valid_out
-
-    def _largest_exponent(self, m, x_reg, x_valid, first):
-        """k = floor(log2 max |x|) over the vector (0 for a zero vector), from
-        the elements' magnitudes: their bit patterns order them (inf and NaN
-        above every finite value; those rows come out NaN whatever k is). A
-        max tree of one level a cycle, then a running maximum."""
-        f, p = self.fmt, self.cfg.lanes
-        level = [x_reg[lane][: f.width - 1] for lane in range(p)]
-        valid = x_valid
-        depth = 0
-        while len(level) > 1:
-            depth += 1
-            nxt = []
-            for n in range(0, len(level), 2):
-                larger = Signal(f.width - 1, name=f"max{depth}_{n // 2}")
-                a, b = level[n], level[n + 1]
-                m.d.sync += larger.eq(Mux(a > b, a, b))
-                nxt.append(larger)
-            level = nxt
-            valid = delayed(m, valid, 1, f"max{depth}_valid")
-        top = Signal(f.width - 1, name="max_magnitude")
-        with m.If(first):
-            m.d.sync += top.eq(0)
-        with m.Elif(valid):
-            m.d.sync += top.eq(Mux(top > level[0], top, level[0]))
-        e_field, frac = top[f.mbits :], top[: f.mbits]
-        k = Signal(signed(_shift_bits(f)), name="k")
-        lz = leading_zeros(m, frac, "max_lz")
-        m.d.comb += k.eq(Mux(top == 0, 0, Mux(e_field != 0, e_field - f.bias, f.emin - 1 - lz)))
-        return k
-
-    def _squares(self, m, values, valid, shift, sums):
-        """sum(v^2) (times 2^shift, three-pass) over the beats of ``values``
-        (P lanes, ``valid`` a beat): P multipliers into the accumulator
-        format, the tree, the accumulator; (sum, valid)."""
-        f, acc, lm = self.fmt, self.acc, self.cfg.mul_latency
-        squares = []
-        for lane, v in enumerate(values):
-            bits = None if shift is None else _shift_bits(f)
-            sq = FpMul(acc.name, lm, inputs=(f.name, f.name), shift_bits=bits)
-            m.submodules[f"square{lane}"] = sq
-            m.d.comb += [sq.a.eq(v), sq.b.eq(v), sq.valid_in.eq(valid)]
-            if shift is not None:
-                m.d.comb += sq.shift.eq(shift)
-            squares.append(sq.result)
-        squares_valid = delayed(m, valid, lm, "squares_valid")
-        return self._accumulate(m, *self._tree(m, squares, squares_valid, "sq"), *sums, "sq")
-
-    def _two_pass(self, m, s1, s1_valid, s2, s2_valid, d_reg, clear):
-        """q = s2 - (s1 s1)(1/d) and the mean s1 (1/d), in the accumulator
-        format, on one multiplier and one adder; 1/d, rounded once, from a
-        table. The products issue as the model has them: s1 s1 as s1 arrives,
-        its product with 1/d as that arrives, the mean the cycle after; the
-        difference as both of its operands are there."""
-        cfg, acc = self.cfg, self.acc
-        lm, la = cfg.mul_latency, cfg.add_latency
-        inverse = self._inverse_d(m, d_reg)
-
-        m.submodules.stats_mul = mul = FpMul(acc.name, lm)
-        m.submodules.stats_add = add = FpAdd(acc.name, la)
-        s1_reg, s2_reg, mean, p = (Signal(acc.width, name=n) for n in ("s1", "s2", "mean", "p"))
-        # Cycles since s1 arrived: s1 s1 issues on 0, (s1 s1)(1/d) on lm, the
-        # mean on lm + 1; their results arrive on lm, 2 lm and 2 lm + 1.
-        since = Signal(range(2 * lm + 2), name="since_s1")
-        counting = Signal(name="counting")
-        at = lambda k: counting & (since == k)  # noqa: E731
-        with m.If(s1_valid):
-            m.d.sync += [s1_reg.eq(s1), since.eq(1), counting.eq(1)]
-            m.d.comb += [mul.a.eq(s1), mul.b.eq(s1), mul.valid_in.eq(1)]
-        with m.Elif(counting):
-            m.d.sync += since.eq(since + 1)
-            with m.If(since == 2 * lm + 1):
-                m.d.sync += counting.eq(0)
-        with m.If(at(lm)):
-            m.d.comb += [mul.a.eq(mul.result), mul.b.eq(inverse), mul.valid_in.eq(1)]
-        with m.If(at(lm + 1)):
-            m.d.comb += [mul.a.eq(s1_reg), mul.b.eq(inverse), mul.valid_in.eq(1)]
-        p_arrives = at(2 * lm)
-        s2_here, p_here, subtracted = (Signal(name=n) for n in ("s2_here", "p_here", "q_issued"))
-        with m.If(p_arrives):
-            m.d.sync += [p.eq(mul.result), p_here.eq(1)]
-        with m.If(at(2 * lm + 1)):
-            m.d.sync += mean.eq(mul.result)
-        with m.If(s2_valid):
-            m.d.sync += [s2_reg.eq(s2), s2_here.eq(1)]
-        # s2 - p as soon as both are there (each read from its source on arrival).
-        p_ready, s2_ready = p_here | p_arrives, s2_here | s2_valid
-        with m.If(p_ready & s2_ready & ~subtracted):
-            m.d.sync += subtracted.eq(1)
-            m.d.comb += [
-                add.a.eq(Mux(s2_valid, s2, s2_reg)),
-                add.b.eq(negated(Mux(p_arrives, mul.result, p), acc.width)),
-                add.valid_in.eq(1),
-            ]
-        with m.If(clear):
-            m.d.sync += [x.eq(0) for x in (s2_here, p_here, subtracted)]
-        return add.result, add.valid_out, mean
-
-    def _accumulate(self, m, value, valid, c_now, first, busy, clear, name):
-        """Accumulator slots and the final tree on one adder: (q, q valid).
-        Every flag holds until ``clear`` (the vector leaves), so no addition
-        issues twice."""
-        cfg, acc = self.cfg, self.acc
-        s, la = cfg.slots, cfg.add_latency
-        slot_shape = range(max(s, 2))
-        arrivals = Signal(range(D_MAX + 1))  # tree results absorbed so far
-        slot = Signal(slot_shape)  # arrivals mod S
-        with m.If(first):
-            m.d.sync += [arrivals.eq(0), slot.eq(0)]
-        with m.If(valid):
-            m.d.sync += [arrivals.eq(arrivals + 1), slot.eq(Mux(slot == s - 1, 0, slot + 1))]
-        final_now = Signal()  # this arrival is its slot's last
-        m.d.comb += final_now.eq(arrivals + s >= c_now)
-        loading = arrivals < s
-
-        values = [Signal(acc.width, name=f"{name}_slot{n}") for n in range(s)]
-        done = [Signal(name=f"{name}_slot{n}_done") for n in range(s)]
-        m.submodules[f"{name}_accumulator"] = adder = FpAdd(acc.name, la)
-        tag = delayed(m, slot, la, f"{name}_acc_tag")
-        tag_final = delayed(m, final_now, la, f"{name}_acc_final")
-        m.d.comb += adder.valid_in.eq(valid & ~loading)
-        out_valid = adder.valid_out
-        held = Signal(acc.width)  # slot's value as an add issued now reads it
-        m.d.comb += held.eq(values[0])
-        for n in range(s):
-            with m.If(slot == n):
-                m.d.comb += held.eq(Mux(out_valid & (tag == n), adder.result, values[n]))
-        m.d.comb += [adder.a.eq(held), adder.b.eq(value)]
-
-        # Each slot's value and its ready-now flag.
-        leaf_now, leaf_value = [], []
-        for n in range(s):
-            load_now = valid & loading & (slot == n)
-            add_now = out_valid & (tag == n)
-            with m.If(load_now):
-                m.d.sync += values[n].eq(value)
-            with m.If(add_now):
-                m.d.sync += values[n].eq(adder.result)
-            ready_now = Signal(name=f"{name}_slot{n}_ready")
-            empty_slot = c_now <= n  # no beat lands in it: zero from the start
-            m.d.comb += ready_now.eq(
-                (busy | first)
-                & (done[n] | (load_now & final_now) | (add_now & tag_final) | empty_slot)
-            )
-            with m.If(ready_now):
-                m.d.sync += done[n].eq(1)
-            now = Mux(load_now, value, Mux(add_now, adder.result, values[n]))
-            leaf_value.append(Mux(empty_slot, 0, now))
-            leaf_now.append(ready_now)
-        width = 1 << (s - 1).bit_length()
-        for _ in range(s, width):  # zero padding
-            leaf_now.append(busy | first)
-            leaf_value.append(Const(0, acc.width))
-
-        ops = _final_tree(width)
-        if not ops:
-            q_valid = Signal()
-            m.d.comb += q_valid.eq(leaf_now[0] & ~done[0])
-            with m.If(clear):
-                m.d.sync += [x.eq(0) for x in done]
-            return leaf_value[0], q_valid
-
-        m.submodules[f"{name}_final"] = final = FpAdd(acc.name, la)
-        issue = Signal(range(len(ops)), name=f"{name}_final_issue")
-        issue_any = Signal(name=f"{name}_final_issue_any")
-        result_tag = delayed(m, issue, la, f"{name}_final_tag")
-        m.d.comb += final.valid_in.eq(issue_any)
-        issued = [Signal(name=f"{name}_final{k}_issued") for k in range(len(ops))]
-        op_done = [Signal(name=f"{name}_final{k}_done") for k in range(len(ops))]
-        op_value = [Signal(acc.width, name=f"{name}_final{k}") for k in range(len(ops))]
-        op_now, op_now_value = [], []
-        for k in range(len(ops)):
-            arrive = final.valid_out & (result_tag == k)
-            ready_now = Signal(name=f"{name}_final{k}_ready")
-            m.d.comb += ready_now.eq(op_done[k] | arrive)
-            with m.If(arrive):
-                m.d.sync += [op_done[k].eq(1), op_value[k].eq(final.result)]
-            op_now.append(ready_now)
-            op_now_value.append(Mux(arrive, final.result, op_value[k]))
-
-        def operand(ref):
-            kind, n = ref
-            return (leaf_now[n], leaf_value[n]) if kind == "leaf" else (op_now[n], op_now_value[n])
-
-        # The earliest ready addition in program order issues.
-        taken = Const(0, 1)
-        for k, (left, right) in enumerate(ops):
-            (ready_a, value_a), (ready_b, value_b) = operand(left), operand(right)
-            can = Signal(name=f"{name}_final{k}_can")
-            m.d.comb += can.eq(~issued[k] & ready_a & ready_b & ~taken)
-            with m.If(can):
-                m.d.comb += [
-                    issue.eq(k),
-                    issue_any.eq(1),
-                    final.a.eq(value_a),
-                    final.b.eq(value_b),
-                ]
-                m.d.sync += issued[k].eq(1)
-            taken = taken | can
-        root = len(ops) - 1
-        q_valid = Signal()
-        m.d.comb += q_valid.eq(final.valid_out & (result_tag == root))
-        with m.If(clear):
-            m.d.sync += [x.eq(0) for x in done + issued + op_done]
-        return final.result, q_valid
+    def _drive_trace(self, m, inp, advance) -> None:
+        if self.trace is None:
+            return
+        for unit, counts in getattr(self.scalar, "trace", {}).items():
+            self._issued[unit].append(counts)
+        unknown = set(self._issued) - set(self.trace)
+        if unknown:
+            raise AssertionError(f"the RTL issues on units the model lacks: {sorted(unknown)}")
+        for unit, signal in self.trace.items():
+            counts = self._issued.get(unit, [])
+            m.d.comb += signal.eq(sum(counts) if counts else 0)

@@ -1,0 +1,134 @@
+"""One schedule: the RTL unit issues every operation on the cycle the model
+does. ``NormUnit(cfg, trace=True)`` counts, per unit of the model, the
+operations issued each cycle; ``hw.simulate(..., trace=True)`` records the
+same; the two traces must agree cycle by cycle (and the bits and cycles
+with them), for every preset and for random configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from iterl2norm.hw import PRESETS, UnitConfig, simulate
+from iterl2norm.hw.flows.vectors import unit_params, unit_rows, unit_vectors
+from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
+
+RANDOM = 24  # random configurations tried (those the RTL builds are run)
+
+
+def rtl_trace(cfg, d: int, seed: int = 0):
+    """(output bits, cycles, per-cycle trace) of one vector through the unit,
+    streamed without gaps and taken at once."""
+    dut = NormUnit(cfg, trace=True)
+    p = cfg.lanes
+    gamma, beta, stored = unit_params(cfg, d, seed) if cfg.affine else (None, None, None)
+    rows = unit_rows(d, cfg.fmt, 1, seed)
+    bits, want, cycles = unit_vectors(cfg, rows, gamma, beta)
+    chunks = -(-d // p)
+    padded = [int(v) for v in bits[0]] + [0] * (chunks * p - d)
+    got, trace = [], []
+    result = {}
+
+    async def bench(ctx):
+        if cfg.affine:
+            g, b = ([int(v) for v in part] + [0] * (chunks * p - d) for part in stored)
+            for word in range(chunks):
+                lanes = slice(word * p, (word + 1) * p)
+                ctx.set(dut.params.payload, {"first": word == 0, "gamma": g[lanes], "beta": b[lanes]})
+                ctx.set(dut.params.valid, 1)
+                await ctx.tick()
+            ctx.set(dut.params.valid, 0)
+        ctx.set(dut.o.ready, 1)
+        t, beat = 0, 0
+        while True:
+            ctx.set(dut.i.valid, int(beat < chunks))
+            if beat < chunks:
+                ctx.set(dut.i.payload, {"d": d, "x": padded[beat * p : (beat + 1) * p]})
+                assert ctx.get(dut.i.ready), "a gapless vector is never held back"
+                beat += 1
+            issued = {u: ctx.get(s) for u, s in dut.trace.items()}
+            trace.append({u: n for u, n in issued.items() if n})
+            if ctx.get(dut.o.valid):
+                payload = ctx.get(dut.o.payload)
+                got.extend(payload["z"])
+                if payload["last"]:
+                    result["cycles"] = t
+                    return
+            await ctx.tick()
+            t += 1
+            assert t < 20_000, "the unit never finished"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(got[:d], dtype=np.int64), want[0], result["cycles"], trace, cycles
+
+
+def model_trace(cfg, d: int, seed: int = 0):
+    gamma, beta, _ = unit_params(cfg, d, seed) if cfg.affine else (None, None, None)
+    rows = unit_rows(d, cfg.fmt, 1, seed)
+    return simulate(rows, cfg, gamma, beta, trace=True).trace
+
+
+def assert_same_schedule(cfg, d: int) -> int:
+    """The RTL's bits, cycles and per-cycle issues are the model's; the number
+    of cycles compared."""
+    got, want, cycles, trace, want_cycles = rtl_trace(cfg, d, seed=d)
+    assert np.array_equal(got, want), (cfg.name, d, np.nonzero(got != want)[0][:5])
+    assert cycles == want_cycles, (cfg.name, d, cycles, want_cycles)
+    expected = model_trace(cfg, d, seed=d)
+    # The model's trace ends on the last issue; the RTL's runs to the last output.
+    expected += [{}] * (len(trace) - len(expected))
+    for t, (rtl, model) in enumerate(zip(trace, expected, strict=True)):
+        assert rtl == model, f"{cfg.name}, d={d}, cycle {t}: RTL issues {rtl}, the model {model}"
+    return len(trace)
+
+
+def random_configs(count: int, seed: int = 0) -> list[UnitConfig]:
+    """Random configurations the RTL builds, over its fields."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(choices):
+        return choices[int(torch.randint(0, len(choices), (1,), generator=g))]
+
+    out, tries = [], 0
+    while len(out) < count:
+        tries += 1
+        fmt, acc = pick((("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")))
+        method = pick(("iterl2norm", "iterl2norm", "fisr", "exact"))
+        la = pick((1, 2, 3))
+        cfg = UnitConfig(
+            name=f"random-{tries}",
+            lanes=pick((2, 4, 8, 16, 32)),
+            mul_latency=pick((1, 2, 3)),
+            add_latency=la,
+            exp_latency=pick((1, 2)),
+            reduction=pick(("tree", "tree", "accumulators")),
+            acc_slots=pick((None, la, la + 1)),
+            fmt=fmt,
+            acc_fmt=acc,
+            statistics=pick(("l2", "two-pass", "three-pass")),
+            method=method,
+            steps=pick((0, 1, 2, 3)),
+            init=pick(("exponent", "exponent+mantissa", "magic")),
+            schedule=pick((None, None, "table", "minimax")) if method == "iterl2norm" else None,
+            affine=pick((False, True)),
+            sqrt_latency=pick((1, 4)),
+            div_latency=pick((1, 3)),
+        )
+        if not unsupported_fields(cfg):
+            out.append(cfg)
+    return out
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_issues_as_the_model_does(name):
+    assert_same_schedule(PRESETS[name], 64 + 36)  # a last beat that is not full
+
+
+@pytest.mark.parametrize("cfg", random_configs(RANDOM), ids=lambda c: c.name)
+def test_random_configurations_issue_as_the_model_does(cfg):
+    assert_same_schedule(cfg, 64 + 3 * cfg.lanes + 1)
