@@ -64,7 +64,7 @@ def test_synthesis_counts_the_pipeline_registers(tmp_path):
     out = tmp_path / "op"
     argv = ["rtl", "op", "--op", "mul", "--fmt", "bf16", "--latency", "2", "--out", str(out)]
     assert main([*argv, "--vectors", "10"]) == 0
-    report = json.loads((out / "synthesis.json").read_text())
+    report = json.loads((out / "report.json").read_text())["synthesis"]
     # Two stages of the 16-bit result and its valid bit; no latch; NAND2 = transistors / 4.
     assert report["flip_flops"] == 2 * (16 + 1) and report["latches"] == 0
     assert report["nand2_equivalents"] == report["transistors"] / 4 > 500

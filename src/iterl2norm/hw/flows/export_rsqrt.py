@@ -4,93 +4,30 @@
 :func:`write_rsqrt` writes into a directory ``iterl2norm_rsqrt.v`` (top
 module ``iterl2norm_rsqrt``), ``tb.v`` (module ``tb``), ``inputs.hex`` (one q
 a line), ``expected.hex`` (``iter_rsqrt``'s result for each), a README and
-the synthesis report. The testbench checks every result and that each took
-exactly the model's cycles, and holds the output stream back now and then
-to check that the unit keeps its result until it is taken.
+``report.json`` (:mod:`.bundle`). The testbench is the protocol's
+(:mod:`.protocol`): one q a vector, offered while the unit is busy, with
+random input gaps and output stalls; every result checked bit for bit and,
+with ``+gapless``, that each took exactly the model's cycles.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..model.simulator import rsqrt_stages
-from ..rtl.fp import FpFormat
 from ..rtl.rsqrt_unit import RsqrtUnit
 from ..rtl.sqrt_divide import SqrtDivide
-from .export import TESTBENCH_END, hex_lines, output_dir, testbench_common, verilog
+from .bundle import output_dir, write_bundle
+from .export import hex_lines, verilog
+from .protocol import Ports, Transactions, Vector, stimulus_text, verilog_testbench
 from .vectors import rsqrt_inputs, rsqrt_vectors, sqrt_divide_reference
 
 __all__ = ["write_rsqrt", "write_sqrt_divide"]
 
 TOP = "iterl2norm_rsqrt"
 SQRT_DIVIDE = "iterl2norm_sqrt_divide"
-
-
-def testbench(fmt: FpFormat, cycles: int, top: str = TOP) -> str:
-    """The testbench of a unit with the scalar unit's ports (module ``top``)."""
-    w = fmt.width
-    return f"""// Self-checking testbench for {top} ({fmt.name}, {cycles} cycles).
-// Reads +inputs=FILE (default inputs.hex: one q a line) and +expected=FILE
-// (default expected.hex), prints one line per failure (a wrong result, or a
-// latency other than {cycles} cycles), cycles=C and "N passed, M failed".
-// A NaN result passes for any NaN expected. Every fifth vector, the output
-// stream is held back three cycles: the result must stay until taken.
-`timescale 1ns/1ps
-module tb;
-  localparam CYCLES = {cycles};
-  // No initial values on the unit's inputs: their first assignment must be an
-  // event (Icarus does not run "always @*" at time zero).
-  reg clk = 0, rst, i_valid, o_ready;
-  reg [{w - 1}:0] q, want, first;
-  wire [{w - 1}:0] r;
-  wire i_ready, o_valid;
-  {top} dut(.clk(clk), .rst(rst), .i__payload(q), .i__valid(i_valid), .i__ready(i_ready),
-    .o__payload(r), .o__valid(o_valid), .o__ready(o_ready));
-  integer fin, fexp, n, passed, failed, cycles, held;
-  reg [1023:0] inputs_file, expected_file;
-
-{testbench_common(fmt)}    passed = 0; failed = 0; n = 0; cycles = -1;
-    rst = 1; i_valid = 0; o_ready = 1;
-    tick; rst = 0;
-    while (!$feof(fin)) begin
-      if ($fscanf(fin, "%h\\n", q) == 1) begin
-        if ($fscanf(fexp, "%h\\n", want) != 1) begin
-          $display("expected file ends before vector %0d", n);
-          $finish;
-        end
-        while (!i_ready) tick;
-        i_valid = 1;
-        o_ready = (n % 5 != 4);
-        tick;
-        i_valid = 0;
-        cycles = 1;
-        while (!o_valid && cycles <= 4 * CYCLES + 8) begin tick; cycles = cycles + 1; end
-        first = r;
-        held = 0;
-        while (!o_ready) begin
-          tick; held = held + 1;
-          if (!o_valid || r !== first) begin
-            $display("FAIL vector %0d: the result changed before it was taken", n);
-            failed = failed + 1;
-          end
-          if (held == 3) o_ready = 1;
-        end
-        if (cycles != CYCLES) begin
-          failed = failed + 1;
-          $display("FAIL vector %0d: q=%h took %0d cycles, not %0d", n, q, cycles, CYCLES);
-        end else if (first === want || (is_nan(want) && is_nan(first))) passed = passed + 1;
-        else begin
-          failed = failed + 1;
-          $display("FAIL vector %0d: q=%h r=%h expected=%h", n, q, first, want);
-        end
-        tick;  // the output is taken
-        n = n + 1;
-      end
-    end
-{TESTBENCH_END}"""
 
 
 def write_rsqrt(
@@ -157,34 +94,34 @@ those of iterl2norm_rsqrt (`iterl2norm rtl rsqrt`):
 
     iverilog -g2012 -o sim *.v && vvp sim
 
-prints one line per failure, `cycles={unit.cycles}` and `N passed, M failed` over
-{len(q)} vectors; `synthesis.json` is the Yosys gate count.
+prints one line per failure and `N passed, M failed` over {len(q)} vectors
+(with random gaps and stalls; `vvp sim +gapless` also checks that each took
+{unit.cycles} cycles); `report.json` holds the cycles and, unless
+`--no-synthesis`, the Yosys gate count.
 """
     return _write_unit(out, SQRT_DIVIDE, unit, q, expected, report, readme, synthesis)
 
 
 def _write_unit(out: Path, top, unit, q, expected, report, readme, synthesis):
     f = unit.fmt
+    transactions = Transactions(tuple(Vector((int(v),)) for v in q))
+    ports = Ports.of(unit)
+    title = f"{f.name}, {unit.cycles} cycles"
     files = {
         f"{top}.v": verilog(unit, top),
-        "tb.v": testbench(f, unit.cycles, top),
-        "inputs.hex": hex_lines(q, f.width),
+        "tb.v": verilog_testbench(ports, top, title, transactions),
+        "inputs.hex": stimulus_text(transactions, ports),
         "expected.hex": hex_lines(expected, f.width),
+        "cycles.txt": f"{unit.cycles}\n" * len(q),
         "README.md": readme,
     }
-    written = []
-    for name, text in files.items():
-        (out / name).write_text(text)
-        written.append(out / name)
-    if synthesis:
+
+    def gates(directory: Path) -> tuple[dict, list[Path]]:
         from .synth import synthesize
 
-        report["synthesis"] = synthesize(out / f"{top}.v", top)
-        written.append(out / "synthesis.log")
-    name = "synthesis.json" if synthesis else "report.json"
-    (out / name).write_text(json.dumps(report, indent=2) + "\n")
-    written.append(out / name)
-    return written, report
+        return synthesize(directory / f"{top}.v", top), [directory / "synthesis.log"]
+
+    return write_bundle(out, files, report, gates if synthesis else None)
 
 
 def _readme(report: dict) -> str:
@@ -213,12 +150,18 @@ Run the testbench ({report["vectors"]} vectors, expected results from the librar
 
     iverilog -g2012 -o sim *.v && vvp sim
 
-It prints one line per failure, `cycles={report["cycles"]}` and `N passed, M failed`;
-`vvp sim +inputs=FILE +expected=FILE` runs other vectors (one lowercase hex
-bit pattern a line).
+It streams one q a vector, the next offered while the unit is busy, with
+the input gapped and the output stalled at random (`+gaps=N +stalls=N` out
+of 65536, `+seed=S`), checks every result bit for bit (NaNs included) and
+prints one line per failure and `N passed, M failed`; `vvp sim +gapless`
+turns the gaps and stalls off and checks that each took
+{report["cycles"]} cycles (`cycles.txt`); `+verbose` prints every vector.
+`vvp sim +inputs=FILE +expected=FILE +cycles=FILE` runs other vectors
+(`inputs.hex`: `vector 1 0 0` then q, for each q; one result a line,
+lowercase hex).
 
-`synthesis.json` (unless `--no-synthesis`): the unit mapped to generic CMOS
-gates by Yosys (`synth -flatten; dfflegalize -cell $_DFF_P_ 01; abc -g cmos;
-stat -tech cmos`): transistors, NAND2 equivalents, flip-flops, latches and
-cells, beside the cycles and the model's stages.
+`report.json`: the settings, the cycles and the model's stages, and (unless
+`--no-synthesis`, under "synthesis") the unit mapped to generic CMOS gates
+by Yosys (`synth -flatten; dfflegalize -cell $_DFF_P_ 01; abc -g cmos; stat
+-tech cmos`): transistors, NAND2 equivalents, flip-flops, latches and cells.
 """
