@@ -12,36 +12,28 @@ import torch
 from amaranth.sim import Simulator
 
 from iterl2norm.hw import PRESETS, UnitConfig, simulate
-from iterl2norm.hw.flows.vectors import unit_params, unit_rows, unit_vectors
+from iterl2norm.hw.flows.vectors import ROW_KINDS, unit_params, unit_rows, unit_vectors
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 
 RANDOM = 24  # random configurations tried (those the RTL builds are run)
+FORMATS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp16", "fp32"))
 
 
-def rtl_trace(cfg, d: int, seed: int = 0):
-    """(output bits, cycles, per-cycle trace) of one vector through the unit,
-    streamed without gaps and taken at once."""
+def rtl_trace(cfg, d: int, seed: int = 0, kinds=(0,)):
+    """Vectors of the row kinds ``kinds`` (indices into ROW_KINDS) through one
+    unit, each streamed without gaps and taken at once: per vector (output
+    bits, expected bits, cycles, per-cycle trace, expected cycles)."""
     dut = NormUnit(cfg, trace=True)
     p = cfg.lanes
     gamma, beta, stored = unit_params(cfg, d, seed) if cfg.affine else (None, None, None)
-    rows = unit_rows(d, cfg.fmt, 1, seed)
+    rows = unit_rows(d, cfg.fmt, max(kinds) + 1, seed)[list(kinds)]
     bits, want, cycles = unit_vectors(cfg, rows, gamma, beta)
     chunks = -(-d // p)
-    padded = [int(v) for v in bits[0]] + [0] * (chunks * p - d)
-    got, trace = [], []
-    result = {}
+    results = []
 
-    async def bench(ctx):
-        if cfg.affine:
-            g, b = ([int(v) for v in part] + [0] * (chunks * p - d) for part in stored)
-            for word in range(chunks):
-                lanes = slice(word * p, (word + 1) * p)
-                ctx.set(dut.params.payload, {"first": word == 0, "gamma": g[lanes], "beta": b[lanes]})
-                ctx.set(dut.params.valid, 1)
-                await ctx.tick()
-            ctx.set(dut.params.valid, 0)
-        ctx.set(dut.o.ready, 1)
-        t, beat = 0, 0
+    async def vector(ctx, x):
+        padded = [int(v) for v in x] + [0] * (chunks * p - d)
+        got, trace, t, beat = [], [], 0, 0
         while True:
             ctx.set(dut.i.valid, int(beat < chunks))
             if beat < chunks:
@@ -54,17 +46,33 @@ def rtl_trace(cfg, d: int, seed: int = 0):
                 payload = ctx.get(dut.o.payload)
                 got.extend(payload["z"])
                 if payload["last"]:
-                    result["cycles"] = t
-                    return
+                    await ctx.tick()
+                    return np.array(got[:d], dtype=np.int64), t, trace
             await ctx.tick()
             t += 1
             assert t < 20_000, "the unit never finished"
+
+    async def bench(ctx):
+        if cfg.affine:
+            g, b = ([int(v) for v in part] + [0] * (chunks * p - d) for part in stored)
+            for word in range(chunks):
+                lanes = slice(word * p, (word + 1) * p)
+                ctx.set(
+                    dut.params.payload, {"first": word == 0, "gamma": g[lanes], "beta": b[lanes]}
+                )
+                ctx.set(dut.params.valid, 1)
+                await ctx.tick()
+            ctx.set(dut.params.valid, 0)
+        ctx.set(dut.o.ready, 1)
+        for n, x in enumerate(bits):
+            got, took, trace = await vector(ctx, x)
+            results.append((got, want[n], took, trace, cycles))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    return np.array(got[:d], dtype=np.int64), want[0], result["cycles"], trace, cycles
+    return results
 
 
 def model_trace(cfg, d: int, seed: int = 0):
@@ -76,7 +84,7 @@ def model_trace(cfg, d: int, seed: int = 0):
 def assert_same_schedule(cfg, d: int) -> int:
     """The RTL's bits, cycles and per-cycle issues are the model's; the number
     of cycles compared."""
-    got, want, cycles, trace, want_cycles = rtl_trace(cfg, d, seed=d)
+    ((got, want, cycles, trace, want_cycles),) = rtl_trace(cfg, d, seed=d)
     assert np.array_equal(got, want), (cfg.name, d, np.nonzero(got != want)[0][:5])
     assert cycles == want_cycles, (cfg.name, d, cycles, want_cycles)
     expected = model_trace(cfg, d, seed=d)
@@ -87,7 +95,7 @@ def assert_same_schedule(cfg, d: int) -> int:
     return len(trace)
 
 
-def random_configs(count: int, seed: int = 0) -> list[UnitConfig]:
+def random_configs(count: int, seed: int = 0, lanes=(2, 4, 8, 16, 32)) -> list[UnitConfig]:
     """Random configurations the RTL builds, over its fields."""
     g = torch.Generator().manual_seed(seed)
 
@@ -97,12 +105,12 @@ def random_configs(count: int, seed: int = 0) -> list[UnitConfig]:
     out, tries = [], 0
     while len(out) < count:
         tries += 1
-        fmt, acc = pick((("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")))
+        fmt, acc = pick(FORMATS)
         method = pick(("iterl2norm", "iterl2norm", "fisr", "exact"))
         la = pick((1, 2, 3))
         cfg = UnitConfig(
             name=f"random-{tries}",
-            lanes=pick((2, 4, 8, 16, 32)),
+            lanes=pick(lanes),
             mul_latency=pick((1, 2, 3)),
             add_latency=la,
             exp_latency=pick((1, 2)),
@@ -129,6 +137,31 @@ def test_every_preset_issues_as_the_model_does(name):
     assert_same_schedule(PRESETS[name], 64 + 36)  # a last beat that is not full
 
 
-@pytest.mark.parametrize("cfg", random_configs(RANDOM), ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", random_configs(RANDOM, lanes=(1, 2, 4, 8)), ids=lambda c: c.name)
 def test_random_configurations_issue_as_the_model_does(cfg):
+    # Up to 8 lanes here (every field but the width; the simulation is quick);
+    # -m slow tries as many with up to 32 lanes.
     assert_same_schedule(cfg, 64 + 3 * cfg.lanes + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", random_configs(RANDOM, seed=1), ids=lambda c: c.name)
+def test_wide_random_configurations_issue_as_the_model_does(cfg):
+    assert_same_schedule(cfg, 64 + 3 * cfg.lanes + 1)
+
+
+@pytest.mark.parametrize("statistics", ["l2", "two-pass", "three-pass"])
+@pytest.mark.parametrize("method", ["iterl2norm", "exact"])
+def test_fp16_into_fp32_every_row_kind(statistics, method):
+    # fp32 sums of fp16 squares: rows near fp16's largest value (their squares
+    # overflow fp16, not fp32) and smallest normal, whose r = a 2^-j lies
+    # outside fp16: 2^-j joins the lanes' exponent offset.
+    cfg = PRESETS["paper-l2-fp32"].with_(
+        fmt="fp16", acc_fmt="fp32", lanes=4, statistics=statistics, method=method
+    )
+    kinds = range(len(ROW_KINDS))
+    for kind, (got, want, cycles, _, want_cycles) in zip(
+        kinds, rtl_trace(cfg, 70, 1, kinds), strict=True
+    ):
+        assert np.array_equal(got, want), (ROW_KINDS[kind], np.nonzero(got != want)[0][:5])
+        assert cycles == want_cycles

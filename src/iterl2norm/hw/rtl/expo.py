@@ -86,17 +86,12 @@ class ExponentSplit(_Block):
     qn = 1 and j = 0 (the library iterates on 1 there and replaces the result).
 
     ``to``: the format qn leaves in, rounded once (a unit whose sum of squares
-    q is fp32 and whose datapath is bf16; qn may round up to 2 there). Its
-    exponent field must be as wide as ``fmt``'s, so that j fits either."""
+    q is fp32 and whose datapath is bf16 or fp16; qn may round up to 2
+    there); j keeps q's exponent range."""
 
     def __init__(self, fmt, latency: int = 0, to=None):
         try:
             self.to = FpFormat.of(to if to is not None else fmt)
-            if self.to.ebits != FpFormat.of(fmt).ebits:
-                raise ValueError(
-                    f"the split converts qn between formats with one exponent width; "
-                    f"got {fmt!r} to {to!r}"
-                )
         except ValueError:
             self._MustUse__silence = True
             raise

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..._arith import Arithmetic
@@ -69,6 +69,12 @@ class RsqrtUnit(wiring.Component):
         q_fmt: the format q arrives in, when it is not ``fmt`` (a normalization
             unit's fp32 sum of squares for a bf16 datapath): the exponent
             split rounds qn to ``fmt`` in the same cycles, as the unit model does.
+        trace: add a simulation probe, :attr:`trace`: per unit of the model
+            (exp, scalar.mul, scalar.add), 1 on the cycles it issues.
+        unscaled: give ``{a, j}`` (r = a 2^-j) instead of r, for a user that
+            folds 2^-j into its own multiply (a normalization unit's fp16
+            datapath with fp32 sums, whose r may lie outside fp16); q's class
+            is then the user's to handle.
     """
 
     def __init__(
@@ -81,14 +87,15 @@ class RsqrtUnit(wiring.Component):
         exp_latency: int = 1,
         q_fmt=None,
         trace: bool = False,
+        unscaled: bool = False,
     ):
         try:
             self.fmt = FpFormat.of(fmt)
             self.q_fmt = FpFormat.of(q_fmt) if q_fmt is not None else self.fmt
-            if self.q_fmt.ebits != self.fmt.ebits:
+            if self.q_fmt.ebits != self.fmt.ebits and not unscaled:
                 raise ValueError(
                     f"q_fmt={self.q_fmt.name!r} and fmt={self.fmt.name!r} have different "
-                    "exponent widths: j would not fit both"
+                    "exponent widths: r = a 2^-j may not fit fmt (unscaled=True gives a and j)"
                 )
             for name, value in (
                 ("mul_latency", mul_latency),
@@ -113,9 +120,11 @@ class RsqrtUnit(wiring.Component):
         self.trace = None
         if trace:
             self.trace = {u: Signal(range(2), name=f"trace_{u}") for u in UNITS}
+        self.unscaled = unscaled
         w = self.fmt.width
+        result = data.StructLayout({"a": w, "j": self.q_fmt.exp_shape}) if unscaled else w
         super().__init__(
-            {"i": In(stream.Signature(self.q_fmt.width)), "o": Out(stream.Signature(w))}
+            {"i": In(stream.Signature(self.q_fmt.width)), "o": Out(stream.Signature(result))}
         )
 
     @classmethod
@@ -168,7 +177,7 @@ class RsqrtUnit(wiring.Component):
             "lut": {"c0": blocks["lut"].c0, "c1": blocks["lut"].c1} if "lut" in blocks else {},
             "start": {"a": blocks["start"].a0} if "start" in blocks else {},
         }
-        shapes = {"j": f.exp_shape, "cls": 2}
+        shapes = {"j": self.q_fmt.exp_shape, "cls": 2}
         registers: dict[str, Signal] = {}
         versions: dict[str, list[Issue]] = {}
 
@@ -253,9 +262,12 @@ class RsqrtUnit(wiring.Component):
         a = Mux(hold, registers.get("a", one), read("a", last))
         j = Mux(hold, registers["j"], read("j", last))
         cls = Mux(hold, registers["cls"], read("cls", last))
-        m.submodules.output = out_scale = Pow2Scale(f.name, 0)
-        m.d.comb += [out_scale.x.eq(a), out_scale.k.eq(-j)]
-        fixed_results(m, f, cls, out_scale.result, self.o.payload)
+        if self.unscaled:  # the user folds 2^-j into its own multiply; q's class is its own
+            m.d.comb += [self.o.payload.a.eq(a), self.o.payload.j.eq(j)]
+        else:
+            m.submodules.output = out_scale = Pow2Scale(f.name, 0)
+            m.d.comb += [out_scale.x.eq(a), out_scale.k.eq(-j)]
+            fixed_results(m, f, cls, out_scale.result, self.o.payload)
         if self.trace is not None:
             # Schedule cycle 0 is the cycle q is taken; cycle c > 0 is busy at c.
             at = lambda c: (~busy & self.i.valid) if c == 0 else (busy & (cycle == c))  # noqa: E731

@@ -87,7 +87,7 @@ from ...formats import encode
 from ..model import schedule
 from ..model.config import D_MAX, D_MIN, UnitConfig, get_preset
 from ..model.simulator import Machine
-from .fp import FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
+from .fp import SUPPORTED, FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
 from .rsqrt_unit import RsqrtUnit
 from .sqrt_unit import SqrtUnit
 from .static import StaticSchedule, negated
@@ -109,16 +109,8 @@ def unsupported_fields(cfg: UnitConfig) -> list[str]:
             f"acc_slots={cfg.acc_slots!r} (fewer than add_latency={cfg.add_latency}: "
             "the accumulator would need a queue of up to 1024/P partial sums)"
         )
-    if (cfg.fmt, cfg.acc_fmt) not in (
-        ("fp32", "fp32"),
-        ("bf16", "fp32"),
-        ("bf16", "bf16"),
-        ("fp16", "fp16"),
-    ):
-        out.append(
-            f"fmt={cfg.fmt!r} with acc_fmt={cfg.acc_fmt!r} (the scalar unit's j must fit "
-            "the datapath's exponent field)"
-        )
+    if cfg.acc_fmt not in SUPPORTED:
+        out.append(f"acc_fmt={cfg.acc_fmt!r} (the RTL's operators are {', '.join(SUPPORTED)})")
     return out
 
 
@@ -219,6 +211,9 @@ class NormUnit(wiring.Component):
                 exp_latency=cfg.exp_latency,
                 q_fmt=cfg.acc_fmt,
                 trace=trace,
+                # fp16 with fp32 sums: r = a 2^-j may lie outside fp16, so 2^-j
+                # joins the lanes' exponent offset instead.
+                unscaled=self.fmt.ebits != self.acc.ebits,
             )
         p, w = cfg.lanes, self.fmt.width
         self.beat = data.StructLayout({"d": range(D_MAX + 1), "x": data.ArrayLayout(w, p)})
@@ -470,10 +465,10 @@ class NormUnit(wiring.Component):
             at_level[level] += 1
             m.d.comb += [add.a.eq(a), add.b.eq(b)]
             results.append(add.result)
+        if not results:  # one lane: no tree
+            return leaves, valid
         for level in level_valid:
             self._issued[f"{stream}.tree{level}"].append(Mux(level_valid[level], p >> level, 0))
-        if not results:
-            return leaves, valid
         out_valid = delayed(m, level_valid[max(level_valid)], la, f"{stream}_tree_valid")
         return [results[-1]], out_valid
 
@@ -663,17 +658,24 @@ class NormUnit(wiring.Component):
             self._lanes_issue("lane.div", pipe.trail[-1], advance)
             pipe.stage("divide", divide, lambda lane: scalar.o.payload.root, cfg.div_latency)
         else:
-            if k is None:
-                scale = lambda: FpMul(f.name, 0)  # noqa: E731
-            else:
+            if scalar.unscaled:  # y a 2^-(k + j), rounded once
+                offset = -scalar.o.payload.j if k is None else -(k + scalar.o.payload.j)
+                bits, factor = max(_shift_bits(f), acc.exp_shape.width) + 1, scalar.o.payload.a
+            else:  # y r (2^-k), rounded once
+                offset, bits, factor = (
+                    (None, None, scalar.o.payload)
+                    if k is None
+                    else (-k, _shift_bits(f), scalar.o.payload)
+                )
 
-                def scale():
-                    mul = FpMul(f.name, 0, shift_bits=_shift_bits(f))
-                    m.d.comb += mul.shift.eq(-k)
-                    return mul
+            def scale():
+                mul = FpMul(f.name, 0, shift_bits=bits)
+                if offset is not None:
+                    m.d.comb += mul.shift.eq(offset)
+                return mul
 
             self._lanes_issue("lane.mul", pipe.trail[-1], advance)
-            pipe.stage("scale", scale, lambda lane: scalar.o.payload, cfg.mul_latency)
+            pipe.stage("scale", scale, lambda lane: factor, cfg.mul_latency)
         # The rows with no direction get zeros, the non-finite rows NaN (then
         # the affine part, as the model has it).
         nan = Const(f.quiet_nan(), f.width)
