@@ -238,7 +238,7 @@ def test_a_bad_d_raises_error_and_the_next_vector_runs():
     [
         ({"mode": "vector"}, "mode='vector'"),
         ({"acc_slots": 2}, "acc_slots=2"),
-        ({"fmt": "fp16", "acc_fmt": "fp32"}, "fmt='fp16' with acc_fmt='fp32'"),
+        ({"acc_fmt": "fp64"}, "acc_fmt='fp64'"),
     ],
 )
 def test_unsupported_fields_are_named(fields, named):
