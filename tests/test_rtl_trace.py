@@ -115,7 +115,7 @@ def random_configs(count: int, seed: int = 0, lanes=(2, 4, 8, 16, 32)) -> list[U
             add_latency=la,
             exp_latency=pick((1, 2)),
             reduction=pick(("tree", "tree", "accumulators")),
-            acc_slots=pick((None, la, la + 1)),
+            acc_slots=pick((None, la, la + 1, max(la - 1, 1), 1)),
             fmt=fmt,
             acc_fmt=acc,
             statistics=pick(("l2", "two-pass", "three-pass")),

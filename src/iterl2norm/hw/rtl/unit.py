@@ -104,11 +104,6 @@ def unsupported_fields(cfg: UnitConfig) -> list[str]:
             f"mode={cfg.mode!r} (vector mode reduces and updates the whole vector every "
             "step: the model's comparison, not a unit to build)"
         )
-    if cfg.slots < cfg.add_latency:
-        out.append(
-            f"acc_slots={cfg.acc_slots!r} (fewer than add_latency={cfg.add_latency}: "
-            "the accumulator would need a queue of up to 1024/P partial sums)"
-        )
     if cfg.acc_fmt not in SUPPORTED:
         out.append(f"acc_fmt={cfg.acc_fmt!r} (the RTL's operators are {', '.join(SUPPORTED)})")
     return out
@@ -171,6 +166,30 @@ class _Input:
     chunks: Signal  # C, registered
     d_reg: Signal  # d, registered
     done: Signal  # the last output beat leaves this cycle
+
+
+@dataclass
+class _AccumulatorIssue:
+    """The accumulator's addition this cycle: its entry (the lanes' values,
+    the slot, whether it is the slot's last) and valid; with a queue, each
+    slot's busy flag and the slot-returns-now signal to drive."""
+
+    entry: Signal
+    valid: Signal
+    busy: list | None = None
+    returning: Signal | None = None
+
+    @property
+    def slot(self):
+        return self.entry.slot
+
+    @property
+    def final(self):
+        return self.entry.final
+
+    @property
+    def values(self):
+        return self.entry.values
 
 
 class NormUnit(wiring.Component):
@@ -486,25 +505,28 @@ class NormUnit(wiring.Component):
             m.d.sync += [arrivals.eq(arrivals + 1), slot.eq(Mux(slot == s - 1, 0, slot + 1))]
         final_now = Signal(name=f"{stream}_final_now")  # this arrival is its slot's last
         m.d.comb += final_now.eq(arrivals + s >= inp.c_now)
-        loading = arrivals < s
+        loading = arrivals < s  # the first S arrivals load their slots: no addition
         live = inp.busy | inp.first
-        tag = delayed(m, slot, la, f"{stream}_acc_tag")
-        tag_final = delayed(m, final_now, la, f"{stream}_acc_final")
+        add = self._accumulator_issue(m, inp, lanes, valid & ~loading, slot, final_now, stream)
+        tag = delayed(m, add.slot, la, f"{stream}_acc_tag")
+        tag_final = delayed(m, add.final, la, f"{stream}_acc_final")
+        returning = []  # per lane: an addition's result arrives this cycle
         leaves = []  # (ready now, value now) of each slot, lane-major
         done_flags = []
         for lane, value in enumerate(lanes):
             name = f"{stream}_acc{lane}" if len(lanes) > 1 else f"{stream}_accumulator"
             m.submodules[name] = adder = FpAdd(acc.name, la)
-            m.d.comb += adder.valid_in.eq(valid & ~loading)
+            m.d.comb += adder.valid_in.eq(add.valid)
             out_valid = adder.valid_out
+            returning.append(out_valid)
             values = [Signal(acc.width, name=f"{name}_slot{n}") for n in range(s)]
             done = [Signal(name=f"{name}_slot{n}_done") for n in range(s)]
             held = Signal(acc.width, name=f"{name}_held")  # the slot's value as an add reads it
             m.d.comb += held.eq(values[0])
             for n in range(s):
-                with m.If(slot == n):
+                with m.If(add.slot == n):
                     m.d.comb += held.eq(Mux(out_valid & (tag == n), adder.result, values[n]))
-            m.d.comb += [adder.a.eq(held), adder.b.eq(value)]
+            m.d.comb += [adder.a.eq(held), adder.b.eq(add.values[lane])]
             for n in range(s):
                 load_now = valid & loading & (slot == n)
                 add_now = out_valid & (tag == n)
@@ -522,12 +544,70 @@ class NormUnit(wiring.Component):
                 now = Mux(load_now, value, Mux(add_now, adder.result, values[n]))
                 leaves.append((ready_now, Mux(empty_slot, 0, now)))
             done_flags += done
-        self._issued[f"{stream}.acc"].append(Mux(valid & ~loading, len(lanes), 0))
+        if add.busy is not None:  # a slot's addition in flight: the next one waits
+            back = returning[0]  # the lanes run in lockstep
+            m.d.comb += add.returning.eq(back & (tag == add.slot))
+            for n, busy in enumerate(add.busy):
+                with m.If(add.valid & (add.slot == n)):
+                    m.d.sync += busy.eq(1)
+                with m.Elif(back & (tag == n)):
+                    m.d.sync += busy.eq(0)
+        self._issued[f"{stream}.acc"].append(Mux(add.valid, len(lanes), 0))
         width = schedule.padded_width(len(leaves))
         leaves += [(live, Const(0, acc.width))] * (width - len(leaves))  # zero padding
         with m.If(inp.done):
             m.d.sync += [x.eq(0) for x in done_flags]
         return self._final_tree(m, inp, leaves, done_flags, stream)
+
+    def _accumulator_issue(self, m, inp, lanes, adding, slot, final, stream):
+        """The accumulator's additions, as the model issues them: an arrival
+        is added to its slot on the cycle it arrives, or, with fewer slots than
+        the adder's latency, once the slot's previous addition is back: the
+        arrivals wait in a queue, in order, one issued a cycle."""
+        cfg, acc = self.cfg, self.acc
+        entry = data.StructLayout(
+            {
+                "values": data.ArrayLayout(acc.width, len(lanes)),
+                "slot": range(max(cfg.slots, 2)),
+                "final": 1,
+            }
+        )
+        arriving = Signal(entry, name=f"{stream}_arriving")
+        m.d.comb += [arriving.slot.eq(slot), arriving.final.eq(final)]
+        m.d.comb += [arriving.values[lane].eq(value) for lane, value in enumerate(lanes)]
+        issue = _AccumulatorIssue(
+            Signal(entry, name=f"{stream}_add"), Signal(name=f"{stream}_add_valid")
+        )
+        if cfg.slots >= cfg.add_latency:  # every slot is free again by its next arrival
+            m.d.comb += [issue.entry.eq(arriving), issue.valid.eq(adding)]
+            return issue
+        depth = D_MAX // cfg.lanes  # no more than a vector's beats wait
+        m.submodules[f"{stream}_queue"] = queue = Memory(shape=entry, depth=depth, init=[])
+        write, read = queue.write_port(), queue.read_port(domain="comb")
+        head, tail = (Signal(range(depth), name=f"{stream}_queue_{n}") for n in ("head", "tail"))
+        count = Signal(range(depth + 1), name=f"{stream}_queue_count")
+        issue.busy = [Signal(name=f"{stream}_slot{n}_busy") for n in range(cfg.slots)]
+        waiting = count != 0
+        m.d.comb += [read.addr.eq(head), issue.entry.eq(Mux(waiting, read.data, arriving))]
+        free = Signal(name=f"{stream}_slot_free")
+        m.d.comb += free.eq(~Cat(*issue.busy).bit_select(issue.entry.slot, 1))
+        # An addition whose slot's result returns this cycle reads it through the
+        # adder's bypass (``held``): the slot is free on that cycle.
+        returning = Signal(name=f"{stream}_slot_back")
+        m.d.comb += issue.valid.eq((waiting | adding) & (free | returning))
+        issue.returning = returning
+        push = adding & (waiting | ~issue.valid)
+        pop = waiting & issue.valid
+        m.d.comb += [write.addr.eq(tail), write.data.eq(arriving), write.en.eq(push)]
+        step = lambda ptr: Mux(ptr == depth - 1, 0, ptr + 1)  # noqa: E731
+        with m.If(push):
+            m.d.sync += tail.eq(step(tail))
+        with m.If(pop):
+            m.d.sync += head.eq(step(head))
+        m.d.sync += count.eq(count + push - pop)
+        with m.If(inp.first):
+            m.d.sync += [head.eq(0), tail.eq(0), count.eq(0)]
+        return issue
 
     def _final_tree(self, m, inp, leaves, done_flags, stream):
         """The pairwise tree over the slots (:func:`~..model.schedule.pairwise`)
