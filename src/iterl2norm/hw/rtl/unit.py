@@ -6,29 +6,37 @@ It builds ``statistics="l2"`` (the paper's L2 normalizer: one pass for
 q = sum(x^2), one for the output), ``"two-pass"`` (LayerNorm: sum(x) and
 sum(x^2) in the same pass) and ``"three-pass"`` (the mean and the largest
 exponent k, then sum((y 2^-k)^2) over a second read of the buffer), with or
-without the affine part, in scalar mode,
-with the adder tree and at least ``add_latency`` accumulator slots, the
-methods ``iterl2norm`` (every start, rate and schedule), ``fisr`` and
-``exact`` (a square root, then a divider per lane), on a
-datapath whose exponent field is the accumulator's (fp32, bf16 into fp32,
-fp16 or bf16 alone). Other fields raise a ``ValueError`` naming them.
+without the affine part, with the adder tree or one accumulator per lane
+and any number of accumulator slots, the methods ``iterl2norm`` (every
+start, rate and schedule), ``fisr`` and ``exact`` (a square root, then a
+divider per lane), on every datapath the model has (fp32; bf16 or fp16 into
+fp32; fp16 or bf16 alone). :func:`unsupported_fields` names what it does
+not build (vector mode; an fp64 accumulator), and why.
 
-The datapath, as the model (:mod:`iterl2norm.hw.simulator`) issues it:
+Its control comes from the model's schedule (:mod:`iterl2norm.hw.model.schedule`):
+the scalar graphs as the model places them (:class:`~.static.StaticSchedule`),
+the reduction's order, and, where operands arrive on cycles that depend on
+d and the input's gaps, the model's issue rule applied at run time.
+
+The datapath, as the model (:mod:`iterl2norm.hw.model.simulator`) issues it:
 
 - pass 1: a beat of P elements is taken on cycle c and registered; P lane
   multipliers square it (``mul_latency``), an adder tree of log2(P) levels
-  (``add_latency`` each) sums the squares, and accumulator slot c mod S adds
-  the tree's result (the first S beats load their slots). The beat is also
+  (``add_latency`` each) sums the squares (or, one accumulator per lane,
+  each lane its own), and accumulator slot c mod S adds the result (the
+  first S beats load their slots; with S below ``add_latency`` an arrival
+  waits in a queue until its slot's previous sum is back). The beat is also
   written to the vector buffer (``amaranth.lib.memory``, 1024/P words).
   Two-pass statistics sum the elements, widened to the accumulator format,
   through a second tree and accumulator beside the first.
-- the final sum: the S slots, zero-padded to a power of two, go through a
-  pairwise tree on one adder. Each of its additions issues at the first
-  cycle both operands are ready, the earlier addition first when two are:
-  the model's rule, so its cycles are the model's for every d.
-- two-pass: one multiplier forms s1 s1 as s1 arrives, then (s1 s1)(1/d) and
-  the mean s1 (1/d), with 1/d (rounded once) read from a table of
-  d = 64..1024; one adder forms q = s2 - (s1 s1)(1/d) once both are there.
+- the final sum: the slots (lane-major), zero-padded to a power of two, go
+  through a pairwise tree on one adder. Each of its additions issues at the
+  first cycle both operands are ready, the earlier addition first when two
+  are: the model's rule, so its cycles are the model's for every d.
+- two-pass: the statistics multiplier forms s1 s1 as s1 arrives, the mean
+  s1 (1/d) the cycle after, then (s1 s1)(1/d), with 1/d (rounded once) read
+  from a table of d = 64..1024; the statistics adder forms
+  q = s2 - (s1 s1)(1/d): ``statistics_schedule``'s cycles.
 - three-pass: pass 1 sums x (as two-pass does) and finds k, the largest
   element's exponent (a max tree over the magnitudes' bit patterns, one
   level a cycle, and a running maximum); the mean s1 (1/d) is one product.
@@ -37,7 +45,8 @@ The datapath, as the model (:mod:`iterl2norm.hw.simulator`) issues it:
   to the product's exponent (rounded once), into the second tree and
   accumulator: q.
 - the scale: q enters :class:`~.rsqrt_unit.RsqrtUnit`, which gives
-  r = q^-1/2 = a * 2^-j in the datapath format after the model's cycles;
+  r = q^-1/2 = a * 2^-j in the datapath format after the model's cycles
+  (fp16 into fp32: a and j apart, 2^-j joining the lanes' offset);
   for the exact method :class:`~.sqrt_unit.SqrtUnit` gives rnd(sqrt(qn))
   and j after ``exp_latency + sqrt_latency``.
 - the output pass: the buffer is read one word a cycle; centring units
