@@ -37,3 +37,22 @@ def mpfr_context(fmt: str):
         subnormalize=True,
         round=gmpy2.RoundToNearest,
     )
+
+
+# One compiled simulation per configuration and test session: g++ takes tens
+# of seconds for a unit, the vectors then run in milliseconds.
+_COMPILED: dict = {}
+
+
+def compiled_unit(cfg, tmp_path_factory):
+    """The CXXRTL executable of ``cfg``'s NormUnit (-O0: it compiles some
+    five times faster than -O1, and a test runs few vectors), built once a
+    session; skips where CXXRTL or g++ is missing."""
+    require_compiled_simulation()
+    from iterl2norm.hw.flows.cxxrtl_unit import compile_unit
+    from iterl2norm.hw.rtl.unit import NormUnit
+
+    if cfg not in _COMPILED:
+        work = tmp_path_factory.mktemp("unit")
+        _COMPILED[cfg] = compile_unit(NormUnit(cfg), work, optimization="-O0")
+    return _COMPILED[cfg]

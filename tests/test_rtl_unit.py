@@ -13,78 +13,47 @@ from amaranth.sim import Simulator
 from rtl_support import needs_icarus
 
 from iterl2norm.cli import main
-from iterl2norm.formats import decode, round_to_format
+from iterl2norm.formats import round_to_format
 from iterl2norm.hw import PRESETS, UnitConfig, simulate
 from iterl2norm.hw.flows.export_unit import write_unit
+from iterl2norm.hw.flows.protocol import (
+    DEFAULT_GAPS,
+    DEFAULT_STALLS,
+    Transactions,
+    Vector,
+    run_amaranth,
+)
 from iterl2norm.hw.flows.vectors import ROW_KINDS, unit_params, unit_rows, unit_vectors
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 
 DIMS = (64, 128, 768, 1000, 1024)
+X_AFTER_RESET = (
+    "hw/rtl/unit.py since its control from the model's schedule (53ad2de..577bf02): in "
+    "4-state Verilog the first output beat after reset is X under output stalls"
+)
 BUILT = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
 
 
-def run_unit(dut, vectors, *, params=None, gap_every=0, hold_every=0):
-    """Stream each (d, bits) vector through the unit: (outputs, cycles) per
-    vector. ``params``: per vector, the (sqrt(d) gamma, beta) bits an affine
-    unit loads first. ``gap_every``: an input bubble every so many cycles;
-    ``hold_every``: o.ready low every so many cycles (cycles then run long)."""
-    p = dut.cfg.lanes
-    results = []
-
-    async def load(ctx, d, gamma, beta):
-        chunks = -(-d // p)
-        gamma, beta = (list(v) + [0] * (chunks * p - d) for v in (gamma, beta))
-        for word in range(chunks):
-            lanes = slice(word * p, (word + 1) * p)
-            ctx.set(
-                dut.params.payload, {"first": word == 0, "gamma": gamma[lanes], "beta": beta[lanes]}
-            )
-            ctx.set(dut.params.valid, 1)
-            assert ctx.get(dut.params.ready), "no vector is in the unit: params load"
-            await ctx.tick()
-        ctx.set(dut.params.valid, 0)
-
-    async def bench(ctx):
-        t = 0
-        for n, (d, bits) in enumerate(vectors):
-            if params is not None:
-                await load(ctx, d, *params[n])
-            chunks = -(-d // p)
-            padded = list(bits) + [0] * (chunks * p - d)
-            beat, got, t0, t_last = 0, [], None, None
-            while t_last is None:
-                gap = gap_every and t % gap_every == gap_every - 1
-                hold = hold_every and t % hold_every == 1
-                ctx.set(dut.i.valid, int(beat < chunks and not gap))
-                if beat < chunks:
-                    ctx.set(dut.i.payload, {"d": d, "x": padded[beat * p : (beat + 1) * p]})
-                ctx.set(dut.o.ready, 0 if hold else 1)
-                if beat < chunks and not gap and ctx.get(dut.i.ready):
-                    t0 = t if t0 is None else t0
-                    beat += 1
-                if ctx.get(dut.o.valid) and not hold:
-                    payload = ctx.get(dut.o.payload)
-                    got += list(payload["z"])
-                    if payload["last"]:
-                        t_last = t
-                await ctx.tick()
-                t += 1
-                assert t < 200_000, "the unit never finished"
-            ctx.set(dut.i.valid, 0)
-            results.append((np.array(got[:d], dtype=np.int64), t_last - t0))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return results
+def run_unit(dut, vectors, *, params=None, probe=None, **patterns):
+    """Stream each (d, bits) vector through the unit with the protocol's
+    Amaranth driver (:mod:`iterl2norm.hw.flows.protocol`): (outputs, cycles)
+    per vector. ``params``: per vector, the (sqrt(d) gamma, beta) bits an
+    affine unit loads first. ``probe(ctx, vector, cycle)``: called each cycle
+    from a vector's first beat (cycle 0) to its last output beat.
+    ``patterns``: gaps, stalls and seed, by default random gaps and stalls
+    (the cycles are the model's only with ``gaps=0, stalls=0``)."""
+    transactions = Transactions.of(vectors, params, **patterns)
+    return [(r.bits, r.cycles) for r in run_amaranth(dut, transactions, probe)]
 
 
-def check(cfg, dims, count=None, seed=0, per_d=None, **stalls):
-    """Every row kind at each d (or ``per_d`` kinds at each, the next ones
-    at the next d): the unit's bits are hw.reference's and, when nothing
-    stalls, its cycles hw.simulate's."""
+def check(cfg, dims, count=None, seed=0, per_d=None, offset=0, **patterns):
+    """Every row kind at each d (or ``per_d`` kinds at each, from kind
+    ``offset`` on, the next ones at the next d): the unit's bits are
+    hw.reference's, NaNs included, and, when nothing stalls (the default
+    here), its cycles hw.simulate's."""
     count = count or len(ROW_KINDS)
+    patterns = {"gaps": 0, "stalls": 0, **patterns}
+    gapless = patterns["gaps"] == patterns["stalls"] == 0
     dut = NormUnit(cfg)
     vectors, wanted, params, kinds = [], [], [], []
     for n, d in enumerate(dims):
@@ -92,30 +61,36 @@ def check(cfg, dims, count=None, seed=0, per_d=None, **stalls):
         rows = unit_rows(d, cfg.fmt, count, seed + d)
         picked = list(range(count))
         if per_d:
-            picked = [(n * per_d + i) % count for i in range(per_d)]
+            picked = [(offset + n * per_d + i) % count for i in range(per_d)]
             rows = rows[picked]
         kinds += [ROW_KINDS[i] if count == len(ROW_KINDS) else i for i in picked]
         bits, want, cycles = unit_vectors(cfg, rows, gamma, beta)
         vectors += [(d, row) for row in bits]
         wanted += [(want[r], cycles) for r in range(len(bits))]
         params += [stored] * len(bits)
-    results = run_unit(dut, vectors, params=params if cfg.affine else None, **stalls)
+    results = run_unit(dut, vectors, params=params if cfg.affine else None, **patterns)
     for n, ((got, cycles), (want, want_cycles)) in enumerate(zip(results, wanted, strict=True)):
-        nan = torch.isnan(decode(torch.from_numpy(want), cfg.fmt)).numpy()
-        got_nan = torch.isnan(decode(torch.from_numpy(got), cfg.fmt)).numpy()
-        wrong = np.nonzero(np.where(nan, ~got_nan, got != want))[0]
+        wrong = np.nonzero(got != want)[0]
         assert not len(wrong), (cfg.name, vectors[n][0], kinds[n], wrong[:5])
-        if not stalls:
+        if gapless:
             assert cycles == want_cycles, (cfg.name, vectors[n][0], cycles, want_cycles)
     return results
 
 
 @pytest.mark.parametrize("name", BUILT)
-def test_every_preset_at_the_issue_dims(name):
-    # d = 64, 128, 768, 1000 (not a multiple of P) and 1024, two row kinds at
-    # each: Gaussian, outlier, zero, constant, near-largest, near-smallest,
-    # NaN and inf rows all pass.
+def test_every_preset_at_the_shortest_and_an_unaligned_d(name):
+    # d = 64 and 1000 (not a multiple of P), two row kinds at each: half the
+    # presets get the Gaussian, outlier, zero and constant rows, the others
+    # the near-largest, near-smallest, NaN and inf rows (every kind of every
+    # preset at every issue d: -m slow).
     assert BUILT == list(PRESETS)
+    check(PRESETS[name], (64, 1000), per_d=2, offset=4 * (BUILT.index(name) % 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILT)
+def test_every_preset_at_the_issue_dims(name):
+    # d = 64, 128, 768, 1000 and 1024, two row kinds at each
     check(PRESETS[name], DIMS, per_d=2)
 
 
@@ -144,7 +119,7 @@ def test_every_preset_every_row_kind_at_the_issue_dims(name):
 )
 def test_variants_the_fields_allow(fields):
     cfg = UnitConfig("variant", statistics="l2", affine=False, **{"fmt": "fp32", **fields})
-    check(cfg, (64, 200))
+    check(cfg, (64, 200), per_d=4)  # every row kind once
 
 
 @pytest.mark.parametrize(
@@ -162,7 +137,7 @@ def test_variants_the_fields_allow(fields):
 )
 def test_layernorm_variants(fields):
     cfg = UnitConfig("variant", **{"fmt": "fp32", **fields})
-    check(cfg, (64, 200))
+    check(cfg, (64, 200), per_d=4)  # every row kind once
 
 
 @pytest.mark.parametrize(
@@ -177,7 +152,7 @@ def test_layernorm_variants(fields):
 )
 def test_three_pass_variants(fields):
     cfg = UnitConfig("variant", **{"fmt": "fp32", **fields})
-    check(cfg, (64, 200))
+    check(cfg, (64, 200), per_d=4)  # every row kind once
 
 
 @pytest.mark.parametrize(
@@ -193,20 +168,24 @@ def test_three_pass_variants(fields):
 )
 def test_exact_method_variants(fields):
     cfg = UnitConfig("variant", method="exact", **{"fmt": "fp32", "sqrt_latency": 5, **fields})
-    check(cfg, (64, 200))
+    check(cfg, (64, 200), per_d=4)  # every row kind once
 
 
 @pytest.mark.parametrize("name", ["fast-layernorm-bf16", "paper-layernorm-bf16"])
 def test_an_affine_unit_under_stalls_gives_the_same_bits(name):
-    check(PRESETS[name], (100,), count=4, gap_every=3, hold_every=4)
+    # the protocol's default: random input gaps and output stalls
+    check(PRESETS[name], (100,), count=4, gaps=DEFAULT_GAPS, stalls=DEFAULT_STALLS)
 
 
 def test_stalled_streams_give_the_same_bits():
     cfg = PRESETS["fast-l2-fp32"]
-    check(cfg, (100,), count=4, gap_every=3, hold_every=4)
-    # and the unit still counts the model's cycles afterwards
+    stalled = check(cfg, (100,), count=4, gaps=0.5, stalls=0.5)
+    # the stalls did cost cycles, and the unit still counts the model's
+    # cycles afterwards
+    want = simulate(torch.ones(1, 100), cfg).cycles
+    assert min(cycles for _, cycles in stalled) > want
     results = check(cfg, (100,), count=2)
-    assert results[0][1] == simulate(torch.ones(1, 100), cfg).cycles
+    assert results[0][1] == want
 
 
 def test_a_bad_d_raises_error_and_the_next_vector_runs():
@@ -229,7 +208,7 @@ def test_a_bad_d_raises_error_and_the_next_vector_runs():
     sim.add_testbench(bench)
     sim.run()
     assert seen == {"error": 1, "ready": 1}
-    got, took = run_unit(NormUnit(cfg), [(64, bits[0])])[0]
+    got, took = run_unit(NormUnit(cfg), [(64, bits[0])], gaps=0, stalls=0)[0]
     assert (got == want[0]).all() and took == cycles
 
 
@@ -247,26 +226,52 @@ def test_unsupported_fields_are_named(fields, named):
         NormUnit(cfg)
 
 
+def run_testbench(directory, *plusargs) -> list[str]:
+    done = subprocess.run(
+        ["vvp", "sim", *plusargs], cwd=directory, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip().splitlines()
+
+
+def compile_testbench(directory) -> None:
+    subprocess.run(
+        ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=directory, check=True
+    )
+
+
 @needs_icarus
-@pytest.mark.parametrize("name", ["fisr-l2-fp32", "paper-layernorm-bf16", "sqrt-div-l2-fp32"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fisr-l2-fp32",
+        pytest.param("paper-layernorm-bf16", marks=pytest.mark.slow),
+        pytest.param("sqrt-div-l2-fp32", marks=pytest.mark.slow),
+    ],
+)
 def test_the_verilog_passes_its_testbench(tmp_path, name):
     write_unit(tmp_path, name, dims=(64, 1000), vectors=8, synthesis=False)
-    assert (tmp_path / "params.hex").exists() == PRESETS[name].affine
-    subprocess.run(
-        ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=tmp_path, check=True
-    )
-    out = subprocess.run(
-        ["vvp", "sim"], cwd=tmp_path, capture_output=True, text=True, check=True
-    ).stdout
-    lines = out.strip().splitlines()
-    assert lines[-1] == "16 passed, 0 failed", out[-2000:]
+    text = (tmp_path / "inputs.hex").read_text()
+    assert text.count("params ") == 16 * PRESETS[name].affine and text.count("vector ") == 16
+    compile_testbench(tmp_path)
+    lines = run_testbench(tmp_path, "+gapless")
+    assert lines[-1] == "16 passed, 0 failed"
     cycles = {d: simulate(torch.ones(1, d), PRESETS[name]).cycles for d in (64, 1000)}
-    assert f"vector 0 d=64 cycles={cycles[64]} ok" in lines
-    assert f"vector 15 d=1000 cycles={cycles[1000]} ok" in lines
-    # a wrong expectation fails, on the line of its vector
+    assert f"vector 0 d=64 first=0 cycles={cycles[64]} ok" in lines
+    assert any(
+        ln.startswith("vector 15 d=1000 ") and f"cycles={cycles[1000]} ok" in ln for ln in lines
+    )
+    # a wrong expectation fails, on the line of its vector, where cycles are checked
     (tmp_path / "cycles.txt").write_text("1\n" * 16)
-    out = subprocess.run(["vvp", "sim"], cwd=tmp_path, capture_output=True, text=True).stdout
-    assert out.strip().splitlines()[-1] == "0 passed, 16 failed"
+    assert run_testbench(tmp_path, "+gapless")[-1] == "0 passed, 16 failed"
+
+
+@needs_icarus
+@pytest.mark.xfail(strict=True, reason=X_AFTER_RESET)
+def test_the_verilog_passes_its_stalled_testbench(tmp_path):
+    # the testbench's default: random input gaps and output stalls, bits only
+    write_unit(tmp_path, "fisr-l2-fp32", dims=(64, 1000), vectors=8, synthesis=False)
+    compile_testbench(tmp_path)
+    assert run_testbench(tmp_path)[-1] == "16 passed, 0 failed"
 
 
 @needs_icarus
@@ -275,12 +280,10 @@ def test_the_verilog_passes_its_testbench(tmp_path, name):
 def test_every_preset_passes_its_testbench_at_the_issue_dims(tmp_path, name):
     # 8 vectors at each issue d: every row kind once
     write_unit(tmp_path, name, dims=DIMS, vectors=len(ROW_KINDS), synthesis=False)
-    subprocess.run(
-        ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=tmp_path, check=True
-    )
-    out = subprocess.run(["vvp", "sim"], cwd=tmp_path, capture_output=True, text=True).stdout
+    compile_testbench(tmp_path)
     count = len(DIMS) * len(ROW_KINDS)
-    assert out.strip().splitlines()[-1] == f"{count} passed, 0 failed", out[-2000:]
+    for plusargs in ([], ["+gapless"]):
+        assert run_testbench(tmp_path, *plusargs)[-1] == f"{count} passed, 0 failed"
 
 
 @needs_icarus
@@ -292,15 +295,17 @@ def test_the_testbench_loads_your_gamma_and_beta(tmp_path):
     argv = ["rtl", "unit", "--preset", "fast-layernorm-bf16", "--lanes", "16", "--out", str(out)]
     argv += ["--inputs", str(tmp_path / "rows.npy"), "--params", str(tmp_path / "gb.npy")]
     assert main([*argv, "--no-synthesis"]) == 0
-    subprocess.run(
-        ["iverilog", "-g2012", "-o", "sim", "iterl2norm_unit.v", "tb.v"], cwd=out, check=True
-    )
-    run = lambda: subprocess.run(["vvp", "sim"], cwd=out, capture_output=True, text=True).stdout  # noqa: E731
-    assert run().strip().splitlines()[-1] == "2 passed, 0 failed"
+    compile_testbench(out)
+    assert run_testbench(out, "+gapless")[-1] == "2 passed, 0 failed"
     # other constants give other outputs: the testbench does load them
-    text = (out / "params.hex").read_text().replace("\n3f80 ", "\n4000 ")
-    (out / "params.hex").write_text(text.replace("\n3f", "\n40"))
-    assert run().strip().splitlines()[-1] == "0 passed, 2 failed"
+    lines = (out / "inputs.hex").read_text().splitlines()
+    pairs = [n for n, line in enumerate(lines) if len(line.split()) == 2]
+    assert len(pairs) == 2 * 96
+    for n in pairs:
+        g, b = lines[n].split()
+        lines[n] = f"{int(g, 16) ^ 0x0080:04x} {b}"  # gamma's lowest exponent bit flipped
+    (out / "inputs.hex").write_text("\n".join(lines) + "\n")
+    assert run_testbench(out, "+gapless")[-1] == "0 passed, 2 failed"
 
 
 def test_the_cli_runs_your_rows(tmp_path, capsys):
@@ -309,7 +314,7 @@ def test_the_cli_runs_your_rows(tmp_path, capsys):
     argv = ["rtl", "unit", "--preset", "paper-l2-fp32", "--lanes", "32", "--out", str(tmp_path)]
     assert main([*argv, "--inputs", str(tmp_path / "rows.npy"), "--no-synthesis"]) == 0
     text = (tmp_path / "inputs.hex").read_text().splitlines()
-    assert text[0] == "96" and len(text) == 3 * 97
+    assert text[0] == "vector 96 0 0" and len(text) == 3 * 97
     assert "cycles d=96:" in capsys.readouterr().out
 
 
@@ -348,24 +353,8 @@ def test_qn_rounded_up_to_two_takes_the_librarys_start(how):
     assert (qn == 2).sum() >= 3
     want = encode(ldexp(schedules.run(qn, ar, settings.iteration), -j), "bf16").tolist()
     dut = RsqrtUnit("bf16", settings.iteration, q_fmt="fp32")
-    got = []
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        for value in encode(q, "fp32").tolist():
-            ctx.set(dut.i.payload, value)
-            ctx.set(dut.i.valid, 1)
-            await ctx.tick()
-            ctx.set(dut.i.valid, 0)
-            while not ctx.get(dut.o.valid):
-                await ctx.tick()
-            got.append(ctx.get(dut.o.payload))
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    transactions = Transactions(tuple(Vector((v,)) for v in encode(q, "fp32").tolist()))
+    got = [int(r.bits[0]) for r in run_amaranth(dut, transactions)]
     assert got == want
 
 

@@ -1,8 +1,9 @@
 """The whole normalization unit in a compiled simulation (CXXRTL and g++,
 :mod:`iterl2norm.hw.flows.cxxrtl_unit`): its bits are hw.reference's and its
-cycles hw.simulate's, and it agrees with Amaranth's simulator. Slow run
-(``pytest -m slow tests/test_rtl_unit_cxxrtl.py``): 1,000 vectors of every
-preset the RTL builds, bit- and cycle-exact."""
+cycles hw.simulate's, and it agrees with Amaranth's simulator (both driven
+by :mod:`iterl2norm.hw.flows.protocol`). Slow run (``pytest -m slow
+tests/test_rtl_unit_cxxrtl.py``): 1,000 vectors of every preset the RTL
+builds, bit- and cycle-exact."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-import torch
-from rtl_support import require_compiled_simulation
+from rtl_support import compiled_unit, require_compiled_simulation
 
-from iterl2norm.formats import decode
 from iterl2norm.hw import PRESETS
 from iterl2norm.hw.flows.vectors import ROW_KINDS, unit_params, unit_rows, unit_vectors
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
@@ -21,6 +20,9 @@ from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 BUILT_PRESETS = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
 DIMS = (64, 128, 768, 1000, 1024)
 SEEDS = range(25)  # 25 seeds x 8 row kinds x 5 dims: 1,000 vectors a preset
+# The default run's unit: a LayerNorm with its affine part on 4 lanes, whose
+# compile (shared with test_rtl_protocol) takes seconds, not a minute.
+SMALL = PRESETS["fast-layernorm-bf16"].with_(lanes=4)
 
 
 class Case(NamedTuple):
@@ -45,43 +47,41 @@ def cases(cfg, dims, seeds) -> list[Case]:
     return out
 
 
-def run(binary, cfg, chosen: list[Case]):
+def run(binary, cfg, chosen: list[Case], **patterns):
     from iterl2norm.hw.flows.cxxrtl_unit import run_unit_compiled
 
     params = [c.params for c in chosen] if cfg.affine else None
-    return run_unit_compiled(binary, cfg, [(c.d, c.bits) for c in chosen], params)
+    return run_unit_compiled(binary, cfg, [(c.d, c.bits) for c in chosen], params, **patterns)
 
 
-def mismatches(cfg, chosen: list[Case], results) -> list[tuple]:
-    """The cases whose bits (a NaN matches any NaN) or cycles differ."""
+def mismatches(chosen: list[Case], results, cycles: bool = True) -> list[tuple]:
+    """The cases whose bits (NaNs included) or, with ``cycles``, latencies differ."""
     bad = []
-    for case, (got, cycles) in zip(chosen, results, strict=True):
-        nan = torch.isnan(decode(torch.from_numpy(case.want), cfg.fmt)).numpy()
-        got_nan = torch.isnan(decode(torch.from_numpy(got), cfg.fmt)).numpy()
-        wrong = np.nonzero(np.where(nan, ~got_nan, got != case.want))[0]
-        if len(wrong) or cycles != case.cycles:
-            bad.append((case.d, case.kind, case.seed, wrong[:5].tolist(), cycles, case.cycles))
+    for case, (got, took) in zip(chosen, results, strict=True):
+        wrong = np.nonzero(got != case.want)[0]
+        if len(wrong) or (cycles and took != case.cycles):
+            bad.append((case.d, case.kind, case.seed, wrong[:5].tolist(), took, case.cycles))
     return bad
 
 
-def test_every_row_kind_and_amaranths_simulation(tmp_path):
-    require_compiled_simulation()
+def test_every_row_kind_and_amaranths_simulation(tmp_path_factory):
     from test_rtl_unit import run_unit
 
-    from iterl2norm.hw.flows.cxxrtl_unit import compile_unit
-
-    cfg = PRESETS["fast-l2-fp32"]
-    # -O0: g++ takes some 40 s where -O1 takes minutes; 16 vectors run in seconds.
-    binary = compile_unit(NormUnit(cfg), tmp_path, optimization="-O0")
-    chosen = cases(cfg, (64, 1000), seeds=(7,))
-    results = run(binary, cfg, chosen)
-    assert not mismatches(cfg, chosen, results)
-    # The same bits, NaN payloads included, and cycles as Amaranth's simulator
-    # (seconds a vector: a short one and a long one).
-    few = [0, len(ROW_KINDS) + 1]
-    amaranth = run_unit(NormUnit(cfg), [(chosen[n].d, chosen[n].bits) for n in few])
-    for n, (got, cycles) in zip(few, amaranth, strict=True):
-        assert (results[n][0] == got).all() and results[n][1] == cycles, (chosen[n].d, n)
+    binary = compiled_unit(SMALL, tmp_path_factory)
+    chosen = cases(SMALL, (64, 1000), seeds=(7,))
+    # with random gaps and stalls (the bits), then gapless (bits and cycles)
+    stalled = run(binary, SMALL, chosen)
+    assert not mismatches(chosen, stalled, cycles=False)
+    assert not mismatches(chosen, run(binary, SMALL, chosen, gaps=0, stalls=0))
+    # The same bits and cycles, stalls included, as Amaranth's simulator on
+    # the same transactions (seconds a vector: a short one and a long one).
+    few = [chosen[0], chosen[len(ROW_KINDS) + 1]]
+    compiled = run(binary, SMALL, few)
+    amaranth = run_unit(
+        NormUnit(SMALL), [(c.d, c.bits) for c in few], params=[c.params for c in few]
+    )
+    for (got, cycles), (want, want_cycles) in zip(amaranth, compiled, strict=True):
+        assert (got == want).all() and cycles == want_cycles
 
 
 @pytest.mark.slow
@@ -95,6 +95,8 @@ def test_a_thousand_vectors_of_every_preset(tmp_path, name):
     # compile alone takes minutes for a 16- or 32-lane unit.
     binary = compile_unit(NormUnit(cfg), tmp_path, optimization="-O0")
     chosen = cases(cfg, DIMS, SEEDS)
-    bad = mismatches(cfg, chosen, run(binary, cfg, chosen))
     # (d, row kind, seed, first wrong elements, cycles, expected cycles)
+    bad = mismatches(chosen, run(binary, cfg, chosen, gaps=0, stalls=0))
+    assert not bad, (name, len(bad), bad[:10])
+    bad = mismatches(chosen, run(binary, cfg, chosen), cycles=False)  # stalled: the bits
     assert not bad, (name, len(bad), bad[:10])

