@@ -40,6 +40,7 @@ from .expo import (
     fixed_results,
 )
 from .fp import FpAdd, FpFormat, FpMul
+from .static import StaticSchedule
 
 __all__ = ["RsqrtUnit", "schedule"]
 
@@ -170,77 +171,32 @@ class RsqrtUnit(wiring.Component):
         busy, hold = Signal(name="busy"), Signal(name="hold")
         one = Const(f.bias << f.mbits, f.width)
 
-        # The value each name holds: a register per name, written on the cycle
-        # its producer's result is ready.
-        outputs = {
-            "split": {"qn": blocks["split"].qn, "j": blocks["split"].j, "cls": blocks["split"].cls},
-            "lut": {"c0": blocks["lut"].c0, "c1": blocks["lut"].c1} if "lut" in blocks else {},
-            "start": {"a": blocks["start"].a0} if "start" in blocks else {},
-        }
-        shapes = {"j": self.q_fmt.exp_shape, "cls": 2}
-        registers: dict[str, Signal] = {}
-        versions: dict[str, list[Issue]] = {}
-
-        def produced(x: Issue, name: str):
-            """The output of ``x``'s block that carries ``name``."""
-            source = outputs.get(x.block, {}).get(name)
-            if source is None:  # mul, add, sub, scale: their one result
-                source = blocks["add" if x.block == "sub" else x.block].result
-            return source
-
-        for x in self.issues:
-            for name in x.out:
-                if name not in registers:
-                    registers[name] = Signal(shapes.get(name, f.width), name=f"r_{name}")
-                versions.setdefault(name, []).append(x)
-                with m.If(busy & ~hold & (cycle == x.ready)):
-                    m.d.sync += registers[name].eq(produced(x, name))
-
-        def read(name, at: int, reader: int | None = None):
-            """``name`` as the operation at position ``reader`` of the schedule
-            (None: after the last), issued on cycle ``at``, sees it: the
-            version of the last operation before it that wrote ``name``."""
-            if isinstance(name, tuple):  # ("const", value), rounded to the datapath
-                return Const(constant_bits(name[1], f), f.width)
-            if name == "q":
-                return self.i.payload
-            history = versions.get(name, [])
-            before = self.issues[:reader] if reader is not None else self.issues
-            earlier = [x for x in history if any(x is y for y in before)]
-            if not earlier:
-                if name == "a":  # the exponent start: a_0 = 1
-                    return one
-                raise AssertionError(f"{name} is read before any operation writes it")
-            version = earlier[-1]
-            # The schedule must leave it there: ready by now, not yet overwritten.
-            assert version.ready <= at, (name, at)
-            assert not any(version.ready < x.ready <= at for x in history), (name, at)
-            return produced(version, name) if version.ready == at else registers[name]
-
-        # Each block's inputs, by the cycle its operations issue.
-        ports = {
-            "split": ("q",),
-            "start": ("qn",),
-            "lut": ("qn",),
-            "mul": ("a", "b"),
-            "add": ("a", "b"),
-            "scale": ("x",),
-        }
-        by_block: dict[str, list[tuple[int, Issue]]] = {}
-        for position, x in enumerate(self.issues):
-            by_block.setdefault("add" if x.block == "sub" else x.block, []).append((position, x))
-        for block, issued in by_block.items():
-            b = blocks[block]
-            with m.Switch(cycle):
-                for position, x in issued:
-                    with m.Case(x.cycle):
-                        for port, arg in zip(ports[block], x.args, strict=True):
-                            value = read(arg, x.cycle, position)
-                            if x.block == "sub" and port == "b":  # a - b = a + (-b)
-                                value = value ^ (1 << (f.width - 1))
-                            m.d.comb += getattr(b, port).eq(value)
-                        if block == "scale":
-                            m.d.comb += b.k.eq(x.shift)
+        # The schedule: every value in a register named after it, written on
+        # the cycle its producer's result is ready; operands by the cycle.
+        sched = StaticSchedule(
+            m,
+            "r",
+            self.issues,
+            cycle=cycle,
+            write_at=lambda c: busy & ~hold & (cycle == c),
+            blocks=blocks,
+            # q is there on cycle 0; the exponent start's a_0 = 1 throughout.
+            sources={"q": (0, self.i.payload), "a": (None, one)},
+            width=f.width,
+            shapes={"j": self.q_fmt.exp_shape, "cls": 2},
+            outputs={
+                "split": {
+                    "qn": blocks["split"].qn,
+                    "j": blocks["split"].j,
+                    "cls": blocks["split"].cls,
+                },
+                "lut": {"c0": blocks["lut"].c0, "c1": blocks["lut"].c1} if "lut" in blocks else {},
+                "start": {"a": blocks["start"].a0} if "start" in blocks else {},
+            },
+            ports={"split": ("q",), "start": ("qn",), "lut": ("qn",), "scale": ("x",)},
+            const=lambda value: Const(constant_bits(value, f), f.width),
+        )
+        registers, read = sched.registers, sched.read
 
         # The control: idle (cycle 0, taking q), busy (counting to the last
         # cycle), holding the result until the output stream takes it.

@@ -99,7 +99,7 @@ from ..model.simulator import Machine
 from .fp import SUPPORTED, FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
 from .rsqrt_unit import RsqrtUnit
 from .sqrt_unit import SqrtUnit
-from .static import StaticSchedule, negated
+from .static import StaticSchedule, negated, schedule_counter
 
 __all__ = ["NormUnit", "unsupported_fields"]
 
@@ -389,10 +389,20 @@ class NormUnit(wiring.Component):
         blocks = {"mul": mul}
         if cfg.statistics == "two-pass":
             m.submodules.stats_add = blocks["add"] = FpAdd(acc.name, cfg.add_latency)
-        tail = StaticSchedule(m, "stats", issues, s1_valid, blocks, sources, acc.width)
-        self._issued["stats.mul"].append(tail.issues_on("mul"))
+        cycle, at = schedule_counter(m, "stats", s1_valid, max(x.ready for x in issues))
+        tail = StaticSchedule(
+            m,
+            "stats",
+            issues,
+            cycle=cycle,
+            write_at=at,
+            blocks=blocks,
+            sources=sources,
+            width=acc.width,
+        )
+        self._issued["stats.mul"].append(tail.issues_on("mul", at))
         if "add" in blocks:
-            self._issued["stats.add"].append(tail.issues_on("add"))
+            self._issued["stats.add"].append(tail.issues_on("add", at))
         mean = tail.value("mean")
         if cfg.statistics == "two-pass":  # sum(x) beside sum(x^2), from the same beats
             return tail.value("q"), tail.strobe("q"), mean, None, None
