@@ -165,3 +165,70 @@ def test_fp16_into_fp32_every_row_kind(statistics, method):
     ):
         assert np.array_equal(got, want), (ROW_KINDS[kind], np.nonzero(got != want)[0][:5])
         assert cycles == want_cycles
+
+
+def every_kind_of_configuration():
+    """One configuration per combination of the model's choice fields (two
+    lanes, the latencies varied with them), valid or not."""
+    import itertools
+
+    from iterl2norm.hw.model.config import METHODS, REDUCTIONS, STATISTICS
+    from iterl2norm.schedules import SCHEDULES
+
+    formats = [*FORMATS, ("fp32", "fp64")]
+    for n, (formats_, statistics, reduction, mode, method, how, affine, slots) in enumerate(
+        itertools.product(
+            formats,
+            STATISTICS,
+            REDUCTIONS,
+            ("scalar", "vector"),
+            METHODS,
+            [("init", i) for i in ("exponent", "exponent+mantissa", "magic")]
+            + [("schedule", s) for s in SCHEDULES],
+            (False, True),
+            (1, None),
+        )
+    ):
+        fields = dict(
+            lanes=2,
+            fmt=formats_[0],
+            acc_fmt=formats_[1],
+            statistics=statistics,
+            reduction=reduction,
+            mode=mode,
+            method=method,
+            affine=affine,
+            acc_slots=slots,
+            add_latency=1 + n % 3,
+            mul_latency=1 + n % 2,
+            steps=n % 3,
+            **{how[0]: how[1]},
+        )
+        try:
+            yield UnitConfig(**fields)
+        except ValueError:
+            continue
+
+
+def test_the_rtl_builds_every_configuration_the_model_accepts():
+    # The RTL refuses only what docs/HARDWARE.md lists, vector mode and an
+    # accumulator format its operators lack, and elaborates everything else.
+    from amaranth.hdl import Fragment
+
+    configs = list(every_kind_of_configuration())
+    g = torch.Generator().manual_seed(0)
+    sample = set(torch.randperm(len(configs), generator=g)[:40].tolist())
+    refused = 0
+    for n, cfg in enumerate(configs):
+        reasons = unsupported_fields(cfg)
+        expected = (["mode"] if cfg.mode == "vector" else []) + (
+            ["acc_fmt"] if cfg.acc_fmt == "fp64" else []
+        )
+        assert [r.split("=")[0] for r in reasons] == expected, (cfg, reasons)
+        if reasons:
+            refused += 1
+            with pytest.raises(ValueError, match=reasons[0].split(" ")[0].replace("(", r"\(")):
+                NormUnit(cfg)
+        elif n in sample:
+            Fragment.get(NormUnit(cfg), None)
+    assert 0 < refused < len(configs)
