@@ -208,19 +208,23 @@ def round_to_format(x: torch.Tensor, fmt: str | Format | torch.dtype) -> torch.T
     if fmt.mantissa_bits >= 52:
         return x
     m = fmt.mantissa_bits
-    _, exponent = torch.frexp(x)  # |x| = f * 2**exponent, f in [0.5, 1)
-    # Binade of x, with the subnormals sharing the smallest normal binade's quantum.
-    binade = (exponent.to(torch.int64) - 1).clamp_(min=fmt.emin)
+    # The binade of x is its exponent field less 1023 (read from the bits:
+    # cheaper than frexp). Clamped, the subnormals share the smallest normal
+    # binade's quantum; so do zeros and float64 subnormals (field 0), while
+    # inf and NaN (field 2047) pass through unchanged.
+    field = ((x.view(torch.int64) >> 52) & 0x7FF).clamp_(min=fmt.emin + 1023)
+    # 2**(m - binade) and 2**(binade - m), built from their bits as pow2 does.
     # Scaling by powers of two is exact, so round() sees x in units of the quantum.
-    r = torch.round(x * pow2(m - binade)) * pow2(binade - m)
-    over = r.abs() > fmt.max
+    up = ((2046 + m) - field).bitwise_left_shift_(52).view(torch.float64)
+    down = field.sub_(m).bitwise_left_shift_(52).view(torch.float64)
+    r = torch.round(x * up) * down
+    # Rounding keeps the sign, so a result past the largest value has x's sign.
     if fmt.saturate:
-        r = torch.where(over, torch.copysign(torch.full_like(r, fmt.max), x), r)
-    elif fmt.has_inf:
-        r = torch.where(over, torch.copysign(torch.full_like(r, float("inf")), x), r)
-    else:
-        r = torch.where(over, torch.full_like(r, float("nan")), r)
-    return r
+        return r.clamp(-fmt.max, fmt.max)
+    over = r.abs() > fmt.max
+    if fmt.has_inf:
+        return torch.where(over, r * float("inf"), r)
+    return r.masked_fill(over, float("nan"))
 
 
 # Normal exponent range of the dtypes that carry values.
@@ -287,7 +291,10 @@ def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     normal = a >= fmt.smallest_normal
     field_e = torch.where(normal, binade + fmt.bias, 0)
     # Units of the quantum: 2**m + fraction for normals, the fraction for subnormals.
-    units = ldexp(a, m - torch.where(normal, binade, fmt.emin))
+    shift = m - torch.where(normal, binade, fmt.emin)
+    # Every shift is in pow2's range (binade <= 1023) for every format but fp64:
+    # one product, exact like ldexp's three.
+    units = a * pow2(shift) if 1 <= m and m - fmt.emin <= 1023 else ldexp(a, shift)
     frac = torch.where(normal, units - 2.0**m, units)
     top = (1 << e_bits) - 1
     is_inf, is_nan = torch.isinf(x), torch.isnan(x)
@@ -314,7 +321,13 @@ def decode(bits: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     frac = bits & ((1 << m) - 1)
     normal = field_e > 0
     units = torch.where(normal, frac + (1 << m), frac).to(torch.float64)
-    value = ldexp(units, torch.where(normal, field_e - fmt.bias, fmt.emin) - m)
+    shift = torch.where(normal, field_e - fmt.bias, fmt.emin) - m
+    # Every value of a format up to fp32 is a normal float64 and every shift in
+    # pow2's range: one product, exact like ldexp's three.
+    if fmt.emin - m >= -1022 and top - fmt.bias - m <= 1023:
+        value = units * pow2(shift)
+    else:
+        value = ldexp(units, shift)
     if fmt.nan == "ieee":
         special = field_e == top
         value = torch.where(
