@@ -33,6 +33,7 @@ _schedule_data.py exactly.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from fractions import Fraction
@@ -130,7 +131,7 @@ def design_steps(lo: float, hi: float, beta_fixed: float | None) -> tuple[list, 
 # Starts -------------------------------------------------------------------------------
 
 
-def table_coefficients(segments: int) -> list[list[tuple[float, float]]]:
+def table_coefficients(segments: int) -> tuple[tuple[tuple[float, float], ...], ...]:
     """(c0, c1) per segment for a0 = c0 - c1 qn; [parity][segment], parity 0
     for qn in [1/2, 1) (odd exponent of q), 1 for qn in [1, 2)."""
     table = []
@@ -141,8 +142,8 @@ def table_coefficients(segments: int) -> list[list[tuple[float, float]]]:
             # a0 sqrt(q) = c0 t - c1 t^3 with t = sqrt(q): a minimax step from a = 1.
             gamma, beta = minimax_free(math.sqrt(q_lo), math.sqrt(q_hi))
             row.append((1 + gamma, beta))
-        table.append(row)
-    return table
+        table.append(tuple(row))
+    return tuple(table)  # hashable: measured_t0 is cached on it
 
 
 def design_start(start: str, table) -> tuple[float, float]:
@@ -165,6 +166,11 @@ def design_start(start: str, table) -> tuple[float, float]:
 
 def every_qn(fmt: str) -> torch.Tensor:
     """Every value of fmt in [1/2, 2], 2 included (a rounded qn can reach it)."""
+    return _every_qn(fmt).clone()  # a copy the caller may change
+
+
+@functools.cache  # 2**24 + 1 values for fp32, decoded once
+def _every_qn(fmt: str) -> torch.Tensor:
     f = FORMATS[fmt]
     mant = torch.arange(1 << f.mantissa_bits, dtype=torch.int64)
     fields = torch.cat(
@@ -177,6 +183,7 @@ def every_qn(fmt: str) -> torch.Tensor:
     return decode(fields, f)
 
 
+@functools.cache  # the magic start's fp32 interval is both a design start and a bound
 def measured_t0(fmt: str, start: str, table) -> tuple[float, float]:
     """The interval of t_0 = a_0 sqrt(qn) over every qn of fmt, with a_0 as the
     library's emulation of the start computes it, rounded outward to float64.
@@ -187,7 +194,7 @@ def measured_t0(fmt: str, start: str, table) -> tuple[float, float]:
     library square root or reduction of uncertain rounding decides a bit.
     """
     ar = Arithmetic.resolve(torch.float64, fmt)
-    qn = every_qn(fmt)
+    qn = _every_qn(fmt)  # read only
     if start == "table":
         a0 = rsqrt.table_start(qn, ar, table)
     else:
