@@ -218,13 +218,14 @@ def round_to_format(x: torch.Tensor, fmt: str | Format | torch.dtype) -> torch.T
     up = ((2046 + m) - field).bitwise_left_shift_(52).view(torch.float64)
     down = field.sub_(m).bitwise_left_shift_(52).view(torch.float64)
     r = torch.round(x * up) * down
-    # Rounding keeps the sign, so a result past the largest value has x's sign.
+    # Past the largest value, r is at least 2**(emax + 1), with the sign of x.
     if fmt.saturate:
         return r.clamp(-fmt.max, fmt.max)
-    over = r.abs() > fmt.max
     if fmt.has_inf:
-        return torch.where(over, r * float("inf"), r)
-    return r.masked_fill(over, float("nan"))
+        # Scaled by 2**(1023 - emax), exactly those results overflow float64 to
+        # inf, and the rest scale back exactly (a multiply is far cheaper than where).
+        return r * math.ldexp(1.0, 1023 - fmt.emax) * math.ldexp(1.0, fmt.emax - 1023)
+    return r.masked_fill(r.abs() > fmt.max, float("nan"))
 
 
 # Normal exponent range of the dtypes that carry values.
