@@ -149,7 +149,7 @@ def test_the_three_drivers_agree_cycle_for_cycle(binary, tmp_path):
 
 X_AFTER_RESET = (
     "hw/rtl/unit.py since its control from the model's schedule (53ad2de..577bf02): in "
-    "4-state Verilog the first output beat after reset is X under output stalls (the "
+    "4-state Verilog the first output beat after reset is X, stalled or not (the "
     "unit of c6828b2 passes; Amaranth and CXXRTL, 2-state, give the right bits)"
 )
 

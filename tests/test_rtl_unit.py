@@ -29,7 +29,7 @@ from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 DIMS = (64, 128, 768, 1000, 1024)
 X_AFTER_RESET = (
     "hw/rtl/unit.py since its control from the model's schedule (53ad2de..577bf02): in "
-    "4-state Verilog the first output beat after reset is X under output stalls"
+    "4-state Verilog the first output beat after reset is X (gapless too, since 577bf02)"
 )
 BUILT = [name for name, cfg in PRESETS.items() if not unsupported_fields(cfg)]
 
@@ -79,12 +79,12 @@ def check(cfg, dims, count=None, seed=0, per_d=None, offset=0, **patterns):
 
 @pytest.mark.parametrize("name", BUILT)
 def test_every_preset_at_the_shortest_and_an_unaligned_d(name):
-    # d = 64 and 1000 (not a multiple of P), two row kinds at each: half the
+    # d = 64 and 200 (not a multiple of P), two row kinds at each: half the
     # presets get the Gaussian, outlier, zero and constant rows, the others
     # the near-largest, near-smallest, NaN and inf rows (every kind of every
     # preset at every issue d: -m slow).
     assert BUILT == list(PRESETS)
-    check(PRESETS[name], (64, 1000), per_d=2, offset=4 * (BUILT.index(name) % 2))
+    check(PRESETS[name], (64, 200), per_d=2, offset=4 * (BUILT.index(name) % 2))
 
 
 @pytest.mark.slow
@@ -146,7 +146,10 @@ def test_layernorm_variants(fields):
         # the paper's LayerNorm statistics: the mean, then (y 2^-k)^2 in pass 2
         {"statistics": "three-pass", "affine": False},
         {"statistics": "three-pass", "affine": True, "fmt": "fp16", "acc_fmt": "fp16"},
-        {"statistics": "three-pass", "affine": True, "lanes": 64, "add_latency": 1},
+        pytest.param(
+            {"statistics": "three-pass", "affine": True, "lanes": 64, "add_latency": 1},
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
 )
@@ -160,7 +163,10 @@ def test_three_pass_variants(fields):
     [
         # a square root, then a divider per lane, with the LayerNorm forms:
         # y 2^-(k + j) / sqrt(qn) rounded once, into and out of subnormals
-        {"statistics": "three-pass", "affine": True, "fmt": "bf16", "lanes": 32},
+        pytest.param(
+            {"statistics": "three-pass", "affine": True, "fmt": "bf16", "lanes": 32},
+            marks=pytest.mark.slow,
+        ),
         {"statistics": "two-pass", "fmt": "fp16", "acc_fmt": "fp16", "div_latency": 3},
         {"fmt": "bf16", "acc_fmt": "bf16", "lanes": 8, "sqrt_latency": 1, "div_latency": 1},
     ],
@@ -292,7 +298,7 @@ def test_the_testbench_loads_your_gamma_and_beta(tmp_path):
     np.save(tmp_path / "rows.npy", rng.standard_normal((2, 96)))
     np.save(tmp_path / "gb.npy", np.stack([1 + rng.standard_normal(96), rng.standard_normal(96)]))
     out = tmp_path / "unit"
-    argv = ["rtl", "unit", "--preset", "fast-layernorm-bf16", "--lanes", "16", "--out", str(out)]
+    argv = ["rtl", "unit", "--preset", "fast-layernorm-bf16", "--lanes", "4", "--out", str(out)]
     argv += ["--inputs", str(tmp_path / "rows.npy"), "--params", str(tmp_path / "gb.npy")]
     assert main([*argv, "--no-synthesis"]) == 0
     compile_testbench(out)
@@ -311,7 +317,7 @@ def test_the_testbench_loads_your_gamma_and_beta(tmp_path):
 def test_the_cli_runs_your_rows(tmp_path, capsys):
     rows = np.random.default_rng(0).standard_normal((3, 96))
     np.save(tmp_path / "rows.npy", rows)
-    argv = ["rtl", "unit", "--preset", "paper-l2-fp32", "--lanes", "32", "--out", str(tmp_path)]
+    argv = ["rtl", "unit", "--preset", "paper-l2-fp32", "--lanes", "8", "--out", str(tmp_path)]
     assert main([*argv, "--inputs", str(tmp_path / "rows.npy"), "--no-synthesis"]) == 0
     text = (tmp_path / "inputs.hex").read_text().splitlines()
     assert text[0] == "vector 96 0 0" and len(text) == 3 * 97
