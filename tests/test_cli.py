@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from cli_support import run_fresh, run_here
 
 from iterl2norm.cli import main
 
@@ -34,25 +33,32 @@ def test_demo_prints_tables_and_writes_json(tmp_path, capsys):
     assert worst["fp32", 3] < worst["fp32", 1] < worst["fp32", 0] and "# Worst" in text
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["demo", "--formats", "fp12"], "unknown number format 'fp12'"),
-        (["demo", "--dims", "0"], "expected a positive integer, got '0'"),
-        (["demo", "--vectors", "many"], "expected an integer, got 'many'"),
-        (["demo", "--json", "/nonexistent/dir/out.json", *SMALL[1:]], "No such file"),
-        (["frobnicate"], "invalid choice: 'frobnicate'"),
-    ],
-)
-def test_user_errors_are_one_line_and_exit_2(argv, message):
-    proc = subprocess.run(
-        [sys.executable, "-m", "iterl2norm.cli", *argv], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+USER_ERRORS = [
+    (["demo", "--formats", "fp12"], "unknown number format 'fp12'"),
+    (["demo", "--dims", "0"], "expected a positive integer, got '0'"),
+    (["demo", "--vectors", "many"], "expected an integer, got 'many'"),
+    (["demo", "--json", "/nonexistent/dir/out.json", *SMALL[1:]], "No such file"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+def _check_user_error(status: int, stderr: str, message: str) -> None:
+    assert status == 2
+    lines = stderr.strip().splitlines()
     assert lines[-1].startswith("iterl2norm") and message in lines[-1]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in stderr
     assert len([ln for ln in lines if "error" in ln]) == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), USER_ERRORS)
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
+    _check_user_error(*run_here(argv, capsys), message)
+
+
+def test_user_errors_are_one_line_from_a_fresh_interpreter():
+    # python -m iterl2norm.cli: the same line and status from the entry point.
+    argv, message = USER_ERRORS[0]
+    _check_user_error(*run_fresh(argv), message)
 
 
 def test_help_and_version(capsys):

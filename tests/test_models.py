@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_support import run_fresh, run_here
 from torch import nn
 
 from iterl2norm import IterLayerNorm, IterRMSNorm
@@ -226,24 +225,27 @@ def test_minilm_embeddings_stay_close():
     assert cos[1, None] < cos[5, None]
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["perplexity", "--model", "/nonexistent/model"], "is neither a packaged model"),
-        (["perplexity", "--text", "/nonexistent.txt"], "does not exist"),
-        (["embed", "--model", "smollm2"], "needs a model directory"),
-        (["capture", "--out", "rows.csv"], "must name a .npy file"),
-        (["perplexity", "--fmt", "fp7"], "unknown number format 'fp7'"),
-        (["perplexity", "--schedule", "warp"], "unknown schedule 'warp'"),
-    ],
-)
-def test_model_command_errors_are_one_line(argv, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "iterl2norm.cli", *argv],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+MODEL_COMMAND_ERRORS = [
+    (["perplexity", "--model", "/nonexistent/model"], "is neither a packaged model"),
+    (["perplexity", "--text", "/nonexistent.txt"], "does not exist"),
+    (["embed", "--model", "smollm2"], "needs a model directory"),
+    (["capture", "--out", "rows.csv"], "must name a .npy file"),
+    (["perplexity", "--fmt", "fp7"], "unknown number format 'fp7'"),
+    (["perplexity", "--schedule", "warp"], "unknown schedule 'warp'"),
+]
+
+
+def _check_one_line(status: int, stderr: str, message: str) -> None:
+    assert status == 2, stderr
+    assert message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), MODEL_COMMAND_ERRORS)
+def test_model_command_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _check_one_line(*run_here(argv, capsys), message)
+
+
+def test_model_command_errors_are_one_line_from_a_fresh_interpreter(tmp_path):
+    argv, message = MODEL_COMMAND_ERRORS[0]
+    _check_one_line(*run_fresh(argv, cwd=tmp_path), message)

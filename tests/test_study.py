@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from cli_support import run_fresh, run_here
 
 import exact_reference as ref
 from iterl2norm import (
@@ -268,36 +267,33 @@ def test_row_statistics_tell_a_spike_from_gaussian_rows():
     assert stats["rms_min"] == pytest.approx(0.5) and stats["rms_max"] == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--inputs", "missing.npy"], "does not exist"),
-        (["--inputs", "table.csv"], "expects a .npy file"),
-        (["--formats", "fp9"], "unknown number format 'fp9'"),
-        (["--vectors", "0"], "expected a positive integer"),
-        (["banana"], "invalid choice: 'banana'"),
-    ],
-)
-def test_study_user_errors_are_one_line(argv, message, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iterl2norm.cli",
-            "study",
-            "--quick",
-            "--no-plots",
-            "--out",
-            str(tmp_path / "o"),
-            *argv,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+STUDY_ERRORS = [
+    (["--inputs", "missing.npy"], "does not exist"),
+    (["--inputs", "table.csv"], "expects a .npy file"),
+    (["--formats", "fp9"], "unknown number format 'fp9'"),
+    (["--vectors", "0"], "expected a positive integer"),
+    (["banana"], "invalid choice: 'banana'"),
+]
+
+
+def _study_argv(tmp_path, argv):
+    return ["study", "--quick", "--no-plots", "--out", str(tmp_path / "o"), *argv]
+
+
+def _check_one_line(status: int, stderr: str, message: str) -> None:
+    assert status == 2, stderr
+    assert message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), STUDY_ERRORS)
+def test_study_user_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _check_one_line(*run_here(_study_argv(tmp_path, argv), capsys), message)
+
+
+def test_study_user_errors_are_one_line_from_a_fresh_interpreter(tmp_path):
+    argv, message = STUDY_ERRORS[0]
+    _check_one_line(*run_fresh(_study_argv(tmp_path, argv), cwd=tmp_path), message)
 
 
 def test_inputs_are_rounded_and_seeded():
