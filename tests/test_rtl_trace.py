@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from iterl2norm.hw import PRESETS, UnitConfig, simulate
+from iterl2norm.hw.flows.protocol import Transactions, Vector, run_amaranth
 from iterl2norm.hw.flows.vectors import ROW_KINDS, unit_params, unit_rows, unit_vectors
 from iterl2norm.hw.rtl.unit import NormUnit, unsupported_fields
 
@@ -21,58 +21,24 @@ FORMATS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"
 
 def rtl_trace(cfg, d: int, seed: int = 0, kinds=(0,)):
     """Vectors of the row kinds ``kinds`` (indices into ROW_KINDS) through one
-    unit, each streamed without gaps and taken at once: per vector (output
-    bits, expected bits, cycles, per-cycle trace, expected cycles)."""
+    unit by the protocol's gapless run: per vector (output bits, expected
+    bits, cycles, per-cycle trace, expected cycles)."""
     dut = NormUnit(cfg, trace=True)
-    p = cfg.lanes
     gamma, beta, stored = unit_params(cfg, d, seed) if cfg.affine else (None, None, None)
     rows = unit_rows(d, cfg.fmt, max(kinds) + 1, seed)[list(kinds)]
     bits, want, cycles = unit_vectors(cfg, rows, gamma, beta)
-    chunks = -(-d // p)
-    results = []
+    params = [stored] * len(bits) if cfg.affine else None
+    # Each vector waits for the one before to leave, so that its cycles are its own.
+    vectors = [Vector(row, wait=n > 0) for n, row in enumerate(bits)]
+    traces = [[] for _ in vectors]
 
-    async def vector(ctx, x):
-        padded = [int(v) for v in x] + [0] * (chunks * p - d)
-        got, trace, t, beat = [], [], 0, 0
-        while True:
-            ctx.set(dut.i.valid, int(beat < chunks))
-            if beat < chunks:
-                ctx.set(dut.i.payload, {"d": d, "x": padded[beat * p : (beat + 1) * p]})
-                assert ctx.get(dut.i.ready), "a gapless vector is never held back"
-                beat += 1
-            issued = {u: ctx.get(s) for u, s in dut.trace.items()}
-            trace.append({u: n for u, n in issued.items() if n})
-            if ctx.get(dut.o.valid):
-                payload = ctx.get(dut.o.payload)
-                got.extend(payload["z"])
-                if payload["last"]:
-                    await ctx.tick()
-                    return np.array(got[:d], dtype=np.int64), t, trace
-            await ctx.tick()
-            t += 1
-            assert t < 20_000, "the unit never finished"
+    def probe(ctx, vector, cycle):
+        assert cycle == len(traces[vector])
+        issued = {u: ctx.get(s) for u, s in dut.trace.items()}
+        traces[vector].append({u: n for u, n in issued.items() if n})
 
-    async def bench(ctx):
-        if cfg.affine:
-            g, b = ([int(v) for v in part] + [0] * (chunks * p - d) for part in stored)
-            for word in range(chunks):
-                lanes = slice(word * p, (word + 1) * p)
-                ctx.set(
-                    dut.params.payload, {"first": word == 0, "gamma": g[lanes], "beta": b[lanes]}
-                )
-                ctx.set(dut.params.valid, 1)
-                await ctx.tick()
-            ctx.set(dut.params.valid, 0)
-        ctx.set(dut.o.ready, 1)
-        for n, x in enumerate(bits):
-            got, took, trace = await vector(ctx, x)
-            results.append((got, want[n], took, trace, cycles))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return results
+    results = run_amaranth(dut, Transactions.of(vectors, params, gaps=0, stalls=0), probe)
+    return [(r.bits, want[n], r.cycles, traces[n], cycles) for n, r in enumerate(results)]
 
 
 def model_trace(cfg, d: int, seed: int = 0):
@@ -89,6 +55,7 @@ def assert_same_schedule(cfg, d: int) -> int:
     assert cycles == want_cycles, (cfg.name, d, cycles, want_cycles)
     expected = model_trace(cfg, d, seed=d)
     # The model's trace ends on the last issue; the RTL's runs to the last output.
+    assert len(trace) == cycles + 1 >= len(expected)
     expected += [{}] * (len(trace) - len(expected))
     for t, (rtl, model) in enumerate(zip(trace, expected, strict=True)):
         assert rtl == model, f"{cfg.name}, d={d}, cycle {t}: RTL issues {rtl}, the model {model}"
