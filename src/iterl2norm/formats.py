@@ -284,26 +284,27 @@ def encode(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     ['0x3f800000', '0xc000']
     """
     fmt = get_format(fmt)
-    x = x.to(torch.float64)
     m, e_bits = fmt.mantissa_bits, fmt.exponent_bits
-    a = x.abs()
-    _, exponent = torch.frexp(a)
-    binade = exponent.to(torch.int64) - 1
-    normal = a >= fmt.smallest_normal
-    field_e = torch.where(normal, binade + fmt.bias, 0)
-    # Units of the quantum: 2**m + fraction for normals, the fraction for subnormals.
-    shift = m - torch.where(normal, binade, fmt.emin)
-    # Every shift is in pow2's range (binade <= 1023) for every format but fp64:
-    # one product, exact like ldexp's three.
-    units = a * pow2(shift) if 1 <= m and m - fmt.emin <= 1023 else ldexp(a, shift)
-    frac = torch.where(normal, units - 2.0**m, units)
+    # Integer work on the float64 fields alone: where and frexp are slow on CPU.
+    b = x.to(torch.float64).view(torch.int64)
+    sign = (b >> 63) & 1
+    e64 = (b >> 52) & 0x7FF  # biased float64 exponent: 0 zero or subnormal, 2047 inf or NaN
+    m64 = b & ((1 << 52) - 1)
+    # Units of the quantum: the float64 significand (implicit bit where e64 > 0)
+    # shifted right by 52 - m in the format's normal range, by more below it
+    # (the format's subnormals, float64's own at e64 = 1); the mask drops the
+    # implicit bit of normals, and a shift past the significand leaves zero.
+    shift = ((1075 - m + fmt.emin) - e64.clamp(min=1)).clamp_(min=52 - m, max=63)
+    frac = ((m64 | (e64.clamp(max=1) << 52)) >> shift) & ((1 << m) - 1)
+    # Exponent field: 0 below the normal range; inf and NaN get the top field.
+    special = e64 == 0x7FF
     top = (1 << e_bits) - 1
-    is_inf, is_nan = torch.isinf(x), torch.isnan(x)
-    frac = torch.where(is_inf | is_nan, 0.0, frac).to(torch.int64)
-    field_e = torch.where(is_inf | is_nan, top, field_e)
+    field_e = (e64 + (fmt.bias - 1023)).clamp_(min=0) + special * (top - 1024 - fmt.bias)
+    # NaN: the canonical quiet NaN, positive (is_nan is 0 or 1: no where needed).
+    is_nan = (special & (m64 != 0)).to(torch.int64)
     nan_frac = (1 << m) - 1 if fmt.nan == "all_ones" else 1 << (m - 1)
-    frac = torch.where(is_nan, nan_frac, frac)
-    sign = torch.where(is_nan, 0, torch.signbit(x).to(torch.int64))
+    frac = frac + is_nan * (nan_frac - frac)
+    sign = sign & (1 - is_nan)
     return (sign << (e_bits + m)) | (field_e << m) | frac
 
 
@@ -320,15 +321,18 @@ def decode(bits: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     sign = (bits >> (e_bits + m)) & 1
     field_e = (bits >> m) & top
     frac = bits & ((1 << m) - 1)
+    if fmt.nan == "ieee" and fmt.has_inf and fmt.emin - m >= -1022 and top - fmt.bias - m < 1023:
+        # Every value is a normal float64 (formats up to fp32), so one exact
+        # product gives it; no where (slow on CPU): inf overflows to inf by a
+        # shift of 1023 for the top field, and NaN is inf * 0.
+        units = (frac | (field_e.clamp(max=1) << m)).to(torch.float64)
+        special = field_e == top
+        shift = field_e.clamp(min=1) - (fmt.bias + m) + special * (1023 - (top - fmt.bias - m))
+        value = units * pow2(shift) * (~(special & (frac != 0))).to(torch.float64)
+        return torch.copysign(value, (sign << 63).view(torch.float64))
     normal = field_e > 0
     units = torch.where(normal, frac + (1 << m), frac).to(torch.float64)
-    shift = torch.where(normal, field_e - fmt.bias, fmt.emin) - m
-    # Every value of a format up to fp32 is a normal float64 and every shift in
-    # pow2's range: one product, exact like ldexp's three.
-    if fmt.emin - m >= -1022 and top - fmt.bias - m <= 1023:
-        value = units * pow2(shift)
-    else:
-        value = ldexp(units, shift)
+    value = ldexp(units, torch.where(normal, field_e - fmt.bias, fmt.emin) - m)
     if fmt.nan == "ieee":
         special = field_e == top
         value = torch.where(
