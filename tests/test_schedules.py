@@ -106,11 +106,25 @@ FULL_PRECISION = {
 }
 
 
+@pytest.fixture(scope="module")
+def targets(grids):
+    """The correctly rounded qn^-1/2 of every grid value and its ulp, per format
+    (computed once: three schedules share each grid)."""
+    cache = {}
+
+    def get(fmt):
+        if fmt not in cache:
+            target = correctly_rounded_rsqrt(grids[fmt], fmt)
+            cache[fmt] = target, _ulp(target, fmt)
+        return cache[fmt]
+
+    return get
+
+
 @pytest.mark.parametrize(("name", "fmt"), list(FULL_PRECISION))
-def test_full_precision_step_counts(grids, name, fmt):
+def test_full_precision_step_counts(grids, targets, name, fmt):
     qn = grids[fmt]
-    target = correctly_rounded_rsqrt(qn, fmt)
-    ulp = _ulp(target, fmt)
+    target, ulp = targets(fmt)
     ulps = [
         ((a - target).abs() / ulp).max().item()
         for a in iterates(name, fmt, qn, FULL_PRECISION[name, fmt])
