@@ -147,15 +147,7 @@ def test_the_three_drivers_agree_cycle_for_cycle(binary, tmp_path):
     assert run_icarus(tmp_path, gapless, wanted, cycles, "+gapless")[1] == "4 passed, 0 failed"
 
 
-X_AFTER_RESET = (
-    "hw/rtl/unit.py since its control from the model's schedule (53ad2de..577bf02): in "
-    "4-state Verilog the first output beat after reset is X, stalled or not (the "
-    "unit of c6828b2 passes; Amaranth and CXXRTL, 2-state, give the right bits)"
-)
-
-
 @needs_icarus
-@pytest.mark.xfail(strict=True, reason=X_AFTER_RESET)
 def test_the_verilog_gives_every_bit_under_stalls(tmp_path):
     items, wanted, cycles = mixed()
     assert run_icarus(tmp_path, Transactions(items), wanted, cycles)[1] == "4 passed, 0 failed"

@@ -74,7 +74,7 @@ def test_the_root_and_split_are_the_models(tmp_path, fmt, q_fmt):
     [
         ({"sqrt_latency": -1}, "sqrt_latency must be an integer >= 0, got -1"),
         ({"exp_latency": 0, "sqrt_latency": 0}, "at least 1 cycle"),
-        ({"q_fmt": "fp16"}, "one exponent width"),
+        ({"q_fmt": "fp16"}, "q_fmt='fp16' does not hold fmt='bf16'"),
     ],
 )
 def test_bad_parameters_name_the_value(kwargs, message):

@@ -23,6 +23,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ...formats import get_format
 from .expo import ExponentSplit
 from .fp import FpFormat, Unpacked, round_pack
 
@@ -69,6 +70,11 @@ class SqrtUnit(wiring.Component):
         try:
             self.fmt = FpFormat.of(fmt)
             self.q_fmt = FpFormat.of(q_fmt if q_fmt is not None else fmt)
+            if not get_format(self.q_fmt.name).holds(get_format(self.fmt.name)):
+                raise ValueError(
+                    f"q_fmt={self.q_fmt.name!r} does not hold fmt={self.fmt.name!r}: q is a "
+                    "sum of the datapath's squares, in a format at least as wide"
+                )
             for key, value in (("exp_latency", exp_latency), ("sqrt_latency", sqrt_latency)):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ValueError(f"{key} must be an integer >= 0, got {value!r}")

@@ -689,31 +689,38 @@ class NormUnit(wiring.Component):
         reading, squaring = Signal(name="reading"), Signal(name="squaring")
         address = Signal(range(words), name="read_address")
         more = issued != inp.chunks
-        with m.FSM(name="reads"):
+        # The FSM holds the pass; what it drives each cycle is decoded from its
+        # state outside it (a plain expression, defined from time zero in a
+        # 4-state simulator too).
+        with m.FSM(name="reads") as fsm:
             with m.State("idle"):  # word 0 is read on the cycle a pass starts
                 if mean_ready is not None:
                     with m.If(mean_ready):
-                        m.d.comb += squaring.eq(1)
                         m.d.sync += issued.eq(1)
                         m.next = "square"
                 with m.If(scale_ready):
-                    m.d.comb += reading.eq(1)
                     m.d.sync += issued.eq(1)
                     m.next = "output"
             if mean_ready is not None:
                 with m.State("square"):  # pass 2: the squares of y
-                    m.d.comb += [squaring.eq(more), address.eq(issued)]
                     with m.If(more):
                         m.d.sync += issued.eq(issued + 1)
                     with m.Else():
                         m.next = "idle"
             with m.State("output"):
-                m.d.comb += [reading.eq(more), address.eq(issued)]
                 with m.If(advance & more):
                     m.d.sync += issued.eq(issued + 1)
                 with m.If(inp.done):
                     m.d.sync += issued.eq(0)
                     m.next = "idle"
+        idle = fsm.ongoing("idle")
+        in_square = fsm.ongoing("square") if mean_ready is not None else Const(0, 1)
+        starting_square = idle & mean_ready if mean_ready is not None else Const(0, 1)
+        m.d.comb += [
+            squaring.eq(starting_square | (in_square & more)),
+            reading.eq((idle & scale_ready) | (fsm.ongoing("output") & more)),
+            address.eq(Mux(idle, 0, issued)),
+        ]
         m.d.comb += [read.addr.eq(address), read.en.eq(advance)]
         self._issued["read"].append((reading | squaring) & advance)
         last_now = address + 1 == inp.chunks
