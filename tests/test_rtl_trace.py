@@ -199,3 +199,20 @@ def test_the_rtl_builds_every_configuration_the_model_accepts():
         elif n in sample:
             Fragment.get(NormUnit(cfg), None)
     assert 0 < refused < len(configs)
+
+
+@pytest.mark.parametrize("reduction", ["tree", "accumulators"])
+def test_a_queued_accumulator_under_gaps_and_stalls_gives_the_same_bits(reduction):
+    # One slot on a 3-cycle adder: the arrivals queue; input gaps change when
+    # they arrive, output stalls when the vector leaves; the bits stay.
+    cfg = PRESETS["fast-layernorm-bf16"].with_(
+        lanes=4, acc_slots=1, add_latency=3, reduction=reduction
+    )
+    d, kinds = 77, range(len(ROW_KINDS))
+    gamma, beta, stored = unit_params(cfg, d, 3)
+    bits, want, _ = unit_vectors(cfg, unit_rows(d, cfg.fmt, len(kinds), 3), gamma, beta)
+    results = run_amaranth(
+        NormUnit(cfg), Transactions.of(list(bits), [stored] * len(bits), gaps=0.4, stalls=0.3)
+    )
+    for kind, r in zip(kinds, results, strict=True):
+        assert np.array_equal(r.bits, want[kind]), ROW_KINDS[kind]
