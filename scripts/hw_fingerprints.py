@@ -96,10 +96,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def model_fingerprints() -> dict:
+def model_configs() -> list[UnitConfig]:
+    return list(PRESETS.values()) + random_configs(RANDOM_CONFIGS)
+
+
+def model_fingerprints(configs=None) -> dict:
     out = {}
-    configs = list(PRESETS.values()) + random_configs(RANDOM_CONFIGS)
-    for cfg in configs:
+    for cfg in model_configs() if configs is None else configs:
         entry = {"config": {k: v for k, v in cfg.summary().items() if k != "description"}}
         for d in DIMS:
             rows = round_to_format(unit_rows(d, cfg.fmt, 8, seed=d), cfg.fmt)

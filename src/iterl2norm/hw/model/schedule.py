@@ -43,6 +43,7 @@ __all__ = [
     "statistics_graph",
     "statistics_schedule",
     "tree_sum",
+    "units",
 ]
 
 
@@ -59,6 +60,39 @@ class Unit:
             cycle += 1
         self.issued[cycle] += 1
         return cycle
+
+
+def units(cfg) -> dict[str, Unit]:
+    """The functional units of a configuration: the one list the simulator
+    issues on and the RTL builds (its trace probe counts by these names)."""
+    p, lm, la, le = cfg.lanes, cfg.mul_latency, cfg.add_latency, cfg.exp_latency
+    out = [
+        Unit("read", 1, 1),  # one P-wide read per cycle
+        # P lanes of each pipeline stage: centring, squares, scaling, vector-mode
+        # update, affine.
+        Unit("lane.sub", la, p),
+        Unit("lane.sq", lm, p),
+        Unit("lane.mul", lm, p),
+        Unit("lane.add", la, p),
+        Unit("affine.mul", lm, p),
+        Unit("affine.add", la, p),
+        Unit("scalar.mul", lm, 1),
+        Unit("scalar.add", la, 1),
+        # The statistics' own multiplier and adder (the mean, s2 - s1^2 / d).
+        Unit("stats.mul", lm, 1),
+        Unit("stats.add", la, 1),
+        Unit("exp", le, 1),  # exponent field, integer and table operations
+        Unit("sqrt", cfg.sqrt_latency, 1),
+        Unit("lane.div", cfg.div_latency, p),
+    ]
+    for stream in ("sum", "sq"):  # two reductions can run at once (two-pass statistics)
+        if cfg.reduction == "tree":
+            out += [Unit(f"{stream}.tree{n}", la, p >> n) for n in range(1, p.bit_length())]
+            out.append(Unit(f"{stream}.acc", la, 1))
+        else:
+            out.append(Unit(f"{stream}.acc", la, p))
+        out.append(Unit(f"{stream}.final", la, 1))
+    return {u.name: u for u in out}
 
 
 # The reduction order --------------------------------------------------------------

@@ -25,7 +25,6 @@ from ...schedules import start_estimate
 from . import schedule
 from .config import UnitConfig, check_d
 from .reference import affine_constants, arithmetic, scaled_product, scaled_quotient
-from .schedule import Unit
 
 
 @dataclass
@@ -51,38 +50,8 @@ class Machine:
     def __init__(self, cfg: UnitConfig, rows: int):
         self.cfg, self.rows = cfg, rows
         self.ar = arithmetic(cfg)
-        p, lm, la, le = cfg.lanes, cfg.mul_latency, cfg.add_latency, cfg.exp_latency
-        self.units = {
-            "read": Unit("read", 1, 1),  # one P-wide read per cycle
-            # P lanes of each pipeline stage: centring, squares, scaling, vector-mode
-            # update, affine.
-            "lane.sub": Unit("lane.sub", la, p),
-            "lane.sq": Unit("lane.sq", lm, p),
-            "lane.mul": Unit("lane.mul", lm, p),
-            "lane.add": Unit("lane.add", la, p),
-            "affine.mul": Unit("affine.mul", lm, p),
-            "affine.add": Unit("affine.add", la, p),
-            "scalar.mul": Unit("scalar.mul", lm, 1),
-            "scalar.add": Unit("scalar.add", la, 1),
-            # The statistics' own multiplier and adder (the mean, s2 - s1^2 / d).
-            "stats.mul": Unit("stats.mul", lm, 1),
-            "stats.add": Unit("stats.add", la, 1),
-            "exp": Unit("exp", le, 1),  # exponent field, integer and table operations
-            "sqrt": Unit("sqrt", cfg.sqrt_latency, 1),
-            "lane.div": Unit("lane.div", cfg.div_latency, p),
-        }
-        for stream in ("sum", "sq"):  # two reductions can run at once (two-pass statistics)
-            if cfg.reduction == "tree":
-                for level in range(1, int(math.log2(p)) + 1):
-                    self._add_unit(f"{stream}.tree{level}", la, p >> level)
-                self._add_unit(f"{stream}.acc", la, 1)
-            else:
-                self._add_unit(f"{stream}.acc", la, p)
-            self._add_unit(f"{stream}.final", la, 1)
+        self.units = schedule.units(cfg)
         self.ops: Counter = Counter()
-
-    def _add_unit(self, name: str, latency: int, count: int) -> None:
-        self.units[name] = Unit(name, latency, count)
 
     def const(self, value) -> Value:
         return Value(torch.full((self.rows,), float(value), dtype=self.ar.carrier), 0)

@@ -95,7 +95,6 @@ from ..._arith import Arithmetic
 from ...formats import encode
 from ..model import schedule
 from ..model.config import D_MAX, D_MIN, UnitConfig, get_preset
-from ..model.simulator import Machine
 from .fp import SUPPORTED, FpAdd, FpDiv, FpFormat, FpMul, delayed, leading_zeros, widen
 from .rsqrt_unit import RsqrtUnit
 from .sqrt_unit import SqrtUnit
@@ -252,7 +251,7 @@ class NormUnit(wiring.Component):
         self.buffer_bits = (D_MAX // p) * p * w  # the vector buffer: 1024 elements
         self.trace = None
         if trace:
-            units = Machine(cfg, 1).units.values()
+            units = schedule.units(cfg).values()
             self.trace = {u.name: Signal(range(u.count + 1), name=f"trace_{u.name}") for u in units}
         ports = {
             "i": In(stream.Signature(self.beat)),
