@@ -296,7 +296,7 @@ class NormUnit(wiring.Component):
             q, q_valid = self._squares(m, inp, inside, at.square, at.count, -2 * k)
         empty, bad = self._scalar_unit(m, q, q_valid)
         self._output(m, inp, pipe, k, empty, bad, advance)
-        self._drive_trace(m, inp, advance)
+        self._drive_trace(m)
         return m
 
     def _input(self, m) -> _Input:
@@ -843,7 +843,8 @@ class NormUnit(wiring.Component):
         entering = Cat(*(getattr(tag, name) for name in passes)).any() & advance
         self._issued[unit].append(Mux(entering, tag.count, 0))
 
-    def _drive_trace(self, m, inp, advance) -> None:
+    def _drive_trace(self, m) -> None:
+        """The trace probe: each model unit's issue counts this cycle, summed."""
         if self.trace is None:
             return
         for unit, counts in getattr(self.scalar, "trace", {}).items():
