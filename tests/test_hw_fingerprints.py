@@ -7,27 +7,18 @@ and say why in the commit."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_support import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = json.loads((ROOT / "docs" / "hw_fingerprints.json").read_text())
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "hw_fingerprints", ROOT / "scripts" / "hw_fingerprints.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _check(configs):
-    got = _script().model_fingerprints(configs)
+    got = load_script("hw_fingerprints").model_fingerprints(configs)
     for name, entry in got.items():
         assert entry == RECORD["model"][name], f"{name}: the model's behaviour changed"
 
@@ -40,7 +31,7 @@ def test_every_preset_behaves_as_recorded():
 
 @pytest.mark.slow
 def test_every_recorded_configuration_behaves_as_recorded():
-    script = _script()
+    script = load_script("hw_fingerprints")
     configs = script.model_configs()
     assert sorted(c.name for c in configs) == sorted(RECORD["model"])
     _check(configs)

@@ -8,11 +8,11 @@ step must stay within the bound scripts/derive_schedules.py printed.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from script_support import load_script
 
 from iterl2norm import iter_rsqrt, iterl2norm, layer_norm
 from iterl2norm._arith import Arithmetic
@@ -38,16 +38,7 @@ DERIVED = [name for name in SCHEDULES if name != "paper"]
 BOUND_FORMATS = ("fp32", "fp16", "bf16")  # see scripts/derive_schedules.py
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "derive_schedules", ROOT / "scripts" / "derive_schedules.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-derive = _load_script()
+derive = load_script("derive_schedules")
 
 
 def arithmetic(fmt: str) -> Arithmetic:

@@ -5,25 +5,19 @@ committed without regenerating the tables, fails here."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import re
 from pathlib import Path
 
+from script_support import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("unit_table", ROOT / "scripts" / "unit_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_hardware_md_tables_match_the_measurements():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert _load_script().print_tables() == 0
+        assert load_script("unit_table").print_tables() == 0
     text = (ROOT / "docs" / "HARDWARE.md").read_text()
     marked = re.search(r"<!-- unit table -->\n(.*?)<!-- /unit table -->", text, re.S)
     assert marked, "docs/HARDWARE.md lost its <!-- unit table --> markers"

@@ -148,9 +148,6 @@ class StaticSchedule:
             raise ValueError(f"{value!r} is not there on cycle {cycle}")
         return self._produced(version, value) if version.ready == cycle else self.registers[value]
 
-    def written(self, value: str) -> bool:
-        return value in self.versions
-
     def value(self, name: str):
         """``name`` from its (last) ready cycle on, until overwritten."""
         ready = self.versions[name][-1].ready
