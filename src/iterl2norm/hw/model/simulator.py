@@ -89,9 +89,10 @@ class Machine:
         p = cfg.lanes
         zero = lambda ready: self.free(torch.zeros(self.rows, dtype=ar.carrier), ready)  # noqa: E731
 
-        def on(unit: str):
+        def on(unit: str, per_level: bool = False):
+            """Additions on ``unit`` (the lane tree: one unit per level)."""
             return lambda a, b, level=None: self.op(
-                unit if level is None else f"{unit}{level}",
+                f"{unit}{level}" if per_level else unit,
                 "add",
                 lambda x, y: ar.rnd_acc(x + y),
                 a,
@@ -104,7 +105,7 @@ class Machine:
             for chunk in chunks:
                 arrived = max(v.ready for v in chunk)
                 leaves = chunk + [zero(arrived) for _ in range(p - len(chunk))]
-                arrivals.append(schedule.tree_sum(leaves, on(f"{stream}.tree")))
+                arrivals.append(schedule.tree_sum(leaves, on(f"{stream}.tree", per_level=True)))
             lanes = [arrivals]
         else:
             lanes = [
@@ -117,10 +118,8 @@ class Machine:
             for held in schedule.slot_sums(arrivals, cfg.slots, on(f"{stream}.acc"))
         ]
         width = schedule.padded_width(len(partials))
-        final = on(f"{stream}.final")
         return schedule.tree_sum(
-            partials + [zero(0) for _ in range(width - len(partials))],
-            lambda a, b, _level: final(a, b),
+            partials + [zero(0) for _ in range(width - len(partials))], on(f"{stream}.final")
         )
 
     def run_graph(self, ops, values: dict[str, Value], evaluate) -> None:

@@ -751,35 +751,28 @@ class NormUnit(wiring.Component):
         output stream. The scale is released as the vector's last beat leaves."""
         cfg, f, acc = self.cfg, self.fmt, self.acc
         scalar = self.scalar
-        if cfg.method == "exact":
-            offset = -scalar.o.payload.j if k is None else -(k + scalar.o.payload.j)
+        # The lanes' exponent offset: -(k + j) where j comes apart from the scale
+        # (the exact method, fp16 into fp32), -k (three-pass) or none.
+        if cfg.method == "exact" or scalar.unscaled:
+            j = scalar.o.payload.j
+            offset = -j if k is None else -(k + j)
             bits = max(_shift_bits(f), acc.exp_shape.width) + 1
-
-            def divide():
-                div = FpDiv(f.name, 0, shift_bits=bits)
-                m.d.comb += div.shift.eq(offset)
-                return div
-
-            self._lanes_issue("lane.div", pipe.trail[-1], advance)
-            pipe.stage("divide", divide, lambda lane: scalar.o.payload.root, cfg.div_latency)
         else:
-            if scalar.unscaled:  # y a 2^-(k + j), rounded once
-                offset = -scalar.o.payload.j if k is None else -(k + scalar.o.payload.j)
-                bits, factor = max(_shift_bits(f), acc.exp_shape.width) + 1, scalar.o.payload.a
-            else:  # y r (2^-k), rounded once
-                offset, bits, factor = (
-                    (None, None, scalar.o.payload)
-                    if k is None
-                    else (-k, _shift_bits(f), scalar.o.payload)
-                )
+            offset, bits = (None, None) if k is None else (-k, _shift_bits(f))
 
-            def scale():
-                mul = FpMul(f.name, 0, shift_bits=bits)
-                if offset is not None:
-                    m.d.comb += mul.shift.eq(offset)
-                return mul
+        def offset_by(op):
+            if offset is not None:
+                m.d.comb += op.shift.eq(offset)
+            return op
 
+        if cfg.method == "exact":  # y 2^-(k + j) / sqrt(qn)
+            self._lanes_issue("lane.div", pipe.trail[-1], advance)
+            divide = lambda: offset_by(FpDiv(f.name, 0, shift_bits=bits))  # noqa: E731
+            pipe.stage("divide", divide, lambda lane: scalar.o.payload.root, cfg.div_latency)
+        else:  # y r (2^-k), or y a 2^-(k + j), rounded once
+            factor = scalar.o.payload.a if scalar.unscaled else scalar.o.payload
             self._lanes_issue("lane.mul", pipe.trail[-1], advance)
+            scale = lambda: offset_by(FpMul(f.name, 0, shift_bits=bits))  # noqa: E731
             pipe.stage("scale", scale, lambda lane: factor, cfg.mul_latency)
         # The rows with no direction get zeros, the non-finite rows NaN (then
         # the affine part, as the model has it).
